@@ -1,0 +1,5 @@
+"""``python -m spec``: see ``spec.cli``."""
+
+from spec.cli import main
+
+raise SystemExit(main())
