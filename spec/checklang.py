@@ -176,4 +176,5 @@ def compile_expression(expression: str, label: str) -> CodeType:
 
 def evaluate(code: CodeType, names: Mapping[str, object]) -> object:
     """Evaluate compiled check code with ``names`` and no builtins."""
-    return eval(code, {"__builtins__": {}}, dict(names))  # the AST whitelist was enforced by the validator
+    scope = {**names, "__builtins__": {}}  # globals, so that comprehensions see the names too
+    return eval(code, scope)  # the AST whitelist was enforced by the validator

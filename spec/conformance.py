@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from spec import measure
+
 ONCE = "(once)"
 
 
@@ -113,7 +115,7 @@ class _Collector:
         if "measured_error" in props:
             err, tol = props["measured_error"], props["tolerance"]
             prev = self.result.worst.get(backend)
-            if prev is None or err / tol > prev["error"] / prev["tolerance"]:
+            if prev is None or measure.ratio(err, tol) > measure.ratio(prev["error"], prev["tolerance"]):
                 self.result.worst[backend] = {"error": err, "tolerance": tol, "test": report.nodeid.split("::")[-1]}
 
 

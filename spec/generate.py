@@ -8,6 +8,7 @@ test reads on its own and fails with the falsifier's ID and diagnosis.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -42,6 +43,8 @@ def _lit(value: object) -> str:
         inner = ", ".join(_lit(v) for v in value)
         return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else (
             f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"
     return repr(value)
 
 
@@ -70,7 +73,10 @@ def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
     }
     for name, value in optional.items():
         if value != getattr(default, name) and value not in ({}, ()):
-            fields.append((name, _lit(value)))
+            if name in ("let", "assume"):
+                fields.append((name, "(\n" + "".join(f"        {_lit(v)},\n" for v in value) + "    )"))
+            else:
+                fields.append((name, _lit(value)))
     args = "".join(f"    {k}={v},\n" for k, v in fields)
     param = "subject: Subject" if check.scope == "per_backend" else ""
     call = "subject" if check.scope == "per_backend" else ""

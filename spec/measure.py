@@ -17,10 +17,17 @@ def record(error: float, tolerance: float) -> None:
         _records.append((float(error), float(tolerance)))
 
 
+def ratio(error: float, tolerance: float) -> float:
+    """``error / tolerance``, where an exact comparison (tolerance 0) gives 0 when met and inf when not."""
+    if tolerance > 0:
+        return error / tolerance
+    return 0.0 if error == 0 else math.inf
+
+
 def drain() -> tuple[float, float] | None:
     """The record with the largest error/tolerance ratio since the last drain, and clear them all."""
     if not _records:
         return None
-    worst = max(_records, key=lambda r: (r[0] / r[1]) if r[1] > 0 else math.inf)
+    worst = max(_records, key=lambda r: ratio(*r))
     _records.clear()
     return worst

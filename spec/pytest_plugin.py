@@ -92,9 +92,9 @@ class FalsifierPlugin:
             if "measured_error" not in props:
                 continue
             label = report.nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in report.nodeid else "once"
-            ratio = props["measured_error"] / props["tolerance"]
-            if label not in worst or ratio > worst[label][0] / worst[label][1]:
-                worst[label] = (props["measured_error"], props["tolerance"], report.nodeid.split("::")[-1])
+            err, tol = props["measured_error"], props["tolerance"]
+            if label not in worst or measure.ratio(err, tol) > measure.ratio(*worst[label][:2]):
+                worst[label] = (err, tol, report.nodeid.split("::")[-1])
         if worst:
             terminalreporter.section("largest measured error per backend")
             for label, (err, tol, test) in sorted(worst.items()):

@@ -109,16 +109,22 @@ class Falsifier:
             if not evaluate(self._code[f"assume[{i}]"], env):
                 hypothesis.reject()
         bound: dict[str, Any] = {}
-        for name, _ in self.let:
-            bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env)
         if self.raises is None:
-            outcome = evaluate(self._code["expect"], env)
+            try:
+                for name, _ in self.let:
+                    bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env)
+                outcome = evaluate(self._code["expect"], env)
+            except Exception as exc:
+                step = f"let {name}" if len(bound) < len(self.let) else "expect"
+                self._fail(f"{step} raised {type(exc).__name__}: {exc}", drawn, bound, subject)
             if not _truth(outcome):
                 self._fail(f"the expectation is false: {_describe(outcome)}", drawn, bound, subject)
             return
         binding = binding_named(self.binding)
         wanted = binding.errors[self.raises]
         try:
+            for name, _ in self.let:
+                bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env)
             outcome = evaluate(self._code["expect"], env)
         except wanted as exc:
             if self.match and not re.search(self.match, str(exc)):

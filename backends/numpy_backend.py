@@ -1,0 +1,67 @@
+"""The ``numpy`` backend: the float64 reference (:mod:`reference.kd`) exposed through the backend protocol.
+
+It delegates every operation to the reference, so it agrees with it exactly and raises the same errors.
+It exists so that the harness always has one backend that runs anywhere, and so that the registry path
+(entry point, protocol check, selection) is exercised on every machine.
+
+Dtype policy, stated honestly: numpy **computes in float64 always**. It declares ``float64`` and
+``float32``; ``asarray(x, "float32")`` really gives a float32 array (the inputs are rounded to float32), but
+the reference then widens them and every result comes back float64. So at ``float32`` this backend
+measures the effect of float32 *inputs*, not of float32 arithmetic. ``bfloat16`` is not supported (numpy
+has no bfloat16 type).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from backends.protocol import LABEL_DTYPE, Availability
+from reference import kd
+
+_DTYPES: dict[str, type[np.generic]] = {"float64": np.float64, "float32": np.float32, LABEL_DTYPE: np.int64}
+
+
+class NumpyBackend:
+    """The reference, as a backend on numpy arrays (see the module docstring for its dtype policy)."""
+
+    name = "numpy"
+    device = "cpu"
+    dtypes: tuple[str, ...] = ("float64", "float32")
+
+    def available(self) -> Availability:
+        """Always available: numpy is a dependency of the project."""
+        return Availability.yes()
+
+    def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
+        """``array`` as a numpy array of ``dtype`` (``float64``, ``float32`` or ``int64``)."""
+        if dtype not in _DTYPES:
+            raise ValueError(
+                f"numpy backend cannot make arrays of dtype {dtype!r}: supported are "
+                f"{', '.join(map(repr, _DTYPES))}"
+            )
+        return np.asarray(array, dtype=_DTYPES[dtype])
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """``x`` as a numpy array: float64 for floating values, int64 for integers."""
+        array = np.asarray(x)
+        if array.dtype.kind == "f":
+            return array.astype(np.float64)
+        if array.dtype.kind in ("i", "u"):
+            return array.astype(np.int64)
+        return array
+
+    softmax = staticmethod(kd.softmax)
+    log_softmax = staticmethod(kd.log_softmax)
+    cross_entropy = staticmethod(kd.cross_entropy)
+    kl_divergence = staticmethod(kd.kl_divergence)
+    kd_loss = staticmethod(kd.kd_loss)
+    kd_logit_gradient = staticmethod(kd.kd_logit_gradient)
+
+    def __repr__(self) -> str:
+        return "<backend numpy (reference.kd, float64) on cpu>"
+
+
+BACKEND = NumpyBackend()
+"""The entry point ``numpy`` (``backends.numpy_backend:BACKEND``)."""

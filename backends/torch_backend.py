@@ -1,0 +1,503 @@
+"""The ``torch`` (CPU) and ``torch-cuda`` backends: the KD math on torch tensors.
+
+One class, :class:`TorchBackend`, parametrized by device; the entry points are :data:`TORCH_CPU` and
+:data:`TORCH_CUDA`. torch is imported lazily (inside methods), so loading these objects costs nothing and
+works where torch is missing; :meth:`TorchBackend.available` then says why they cannot run.
+
+Dtype policy
+    float64, float32 and bfloat16 logits are supported (float16 is accepted too). float64 computes in
+    float64 and float32 in float32. **bfloat16 (and float16) is computed in float32 and the result is cast
+    back to the input dtype**: a bfloat16 input gives a bfloat16 loss, probabilities and gradient. One
+    rule for every dtype (results come back in the input's dtype) keeps the autograd contract, where the
+    gradient must have the dtype of the tensor it belongs to; the float32 internals mean the only extra
+    error is the final rounding to bfloat16 (about 3 significant digits). Student and teacher of different
+    float dtypes are promoted (``torch.promote_types``). Integer logits are accepted like the reference
+    accepts them, and computed in float64.
+
+Numerics
+    Every softmax shifts by the row max (``-inf`` entries give probability exactly 0 and ``1e4``-sized
+    logits stay finite); KL terms outside the teacher's support are exactly 0 (``torch.where``, never
+    ``0 * -inf``); a loss term whose weight is exactly 0 contributes exactly 0, as in the reference.
+
+Validation
+    The shape, dtype and hyperparameter checks of :mod:`reference.checks` run on shapes and Python
+    scalars. The value checks (NaN, +inf, rows without a finite logit, labels out of range) run as one
+    batch of tensor reductions with a single host sync; only when that says "bad" are the offending tensors
+    copied to the host and handed to the reference's numpy checks, which raise with the canonical message.
+    Checks run in the reference's order, so the first problem reported is the reference's.
+
+Autograd
+    :meth:`TorchBackend.kd_loss` is a ``torch.autograd.Function`` whose backward is the analytic gradient
+    (:meth:`TorchBackend.kd_logit_gradient`'s formula, scaled by ``grad_output``), computed from per-row
+    statistics saved in forward. The teacher is a constant: no gradient flows to ``teacher_logits``.
+    The other operations are plain tensor code (differentiable by torch where torch can).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from backends.protocol import FLOAT_DTYPES, LABEL_DTYPE, Availability, BackendError
+from reference import checks
+
+if TYPE_CHECKING:
+    import torch
+
+_INSTALL_HINT = "torch is not installed: pip install 'kd-contracts[torch]'"
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``torch.float32`` -> ``float32``, to word messages as the reference (numpy) does."""
+    return str(dtype).removeprefix("torch.")
+
+
+class TorchBackend:
+    """The KD math on torch tensors on one device (``"cpu"`` or ``"cuda"``); see the module docstring."""
+
+    dtypes: tuple[str, ...] = FLOAT_DTYPES
+
+    def __init__(self, device: str = "cpu") -> None:
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"TorchBackend device must be 'cpu' or 'cuda', got {device!r}")
+        self.device = device
+        self.name = "torch" if device == "cpu" else "torch-cuda"
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name} on {self.device}>"
+
+    # ----------------------------------------------------------------------------------------------------
+    # Environment and conversion.
+    # ----------------------------------------------------------------------------------------------------
+
+    def available(self) -> Availability:
+        """Whether torch (and, for ``torch-cuda``, a CUDA device) is usable here. Never raises."""
+        try:
+            import torch
+        except ImportError:
+            return Availability.no(_INSTALL_HINT)
+        except Exception as error:  # a broken install
+            return Availability.no(f"torch cannot be imported: {type(error).__name__}: {error}")
+        if self.device == "cuda":
+            try:
+                ok = torch.cuda.is_available()
+            except Exception as error:
+                return Availability.no(f"no CUDA device: torch.cuda.is_available() raised {error}")
+            if not ok:
+                build = "" if torch.version.cuda else f" (this torch build, {torch.__version__}, has no CUDA)"
+                return Availability.no(f"no CUDA device: torch.cuda.is_available() is False{build}")
+        return Availability.yes()
+
+    def _torch(self) -> Any:
+        """The torch module, or BackendError with the reason this backend cannot run."""
+        available = self.available()
+        if not available:
+            raise BackendError(f"backend {self.name!r} cannot run here: {available.reason}")
+        import torch
+
+        return torch
+
+    def asarray(self, array: np.ndarray, dtype: str) -> torch.Tensor:
+        """``array`` as a tensor of ``dtype`` (float64, float32, bfloat16 or int64) on this device."""
+        torch = self._torch()
+        wanted = {
+            "float64": torch.float64,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            LABEL_DTYPE: torch.int64,
+        }
+        if dtype not in wanted:
+            raise ValueError(
+                f"{self.name} backend cannot make tensors of dtype {dtype!r}: supported are "
+                f"{', '.join(map(repr, wanted))}"
+            )
+        source = np.ascontiguousarray(array)
+        # float64 -> bfloat16 rounds once (via torch); going through float32 first would round twice.
+        return torch.from_numpy(source).to(device=self.device, dtype=wanted[dtype])
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A tensor or scalar as numpy: float64 for floating values (exact widening), int64 for integers."""
+        torch = self._torch()
+        if isinstance(x, torch.Tensor):
+            x = x.detach()
+            if x.is_floating_point():
+                return x.to(device="cpu", dtype=torch.float64).numpy()
+            if x.dtype == torch.bool:
+                return x.cpu().numpy()
+            return x.to(device="cpu", dtype=torch.int64).numpy()
+        array = np.asarray(x)
+        if array.dtype.kind == "f":
+            return array.astype(np.float64)
+        if array.dtype.kind in ("i", "u"):
+            return array.astype(np.int64)
+        return array
+
+    # ----------------------------------------------------------------------------------------------------
+    # Input handling: conversion, host-side checks, fused value checks.
+    # ----------------------------------------------------------------------------------------------------
+
+    def _logits(self, torch: Any, name: str, x: Any) -> torch.Tensor:
+        """``x`` as a real tensor (the reference's dtype and conversion checks; no value checks)."""
+        if not isinstance(x, torch.Tensor):
+            x = torch.from_numpy(np.ascontiguousarray(checks.as_float64_logits(name, x))).to(self.device)
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(checks.logits_dtype_message(name, _dtype_name(x.dtype)))
+        return x
+
+    def _labels(self, torch: Any, y: Any, device: Any) -> torch.Tensor:
+        """``y`` as an integer tensor on ``device`` (the reference's dtype checks)."""
+        if not isinstance(y, torch.Tensor):
+            y = torch.from_numpy(np.ascontiguousarray(checks.as_integer_labels(y)))
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(checks.labels_dtype_message(_dtype_name(y.dtype)))
+        return y.to(device=device, dtype=torch.int64)
+
+    @staticmethod
+    def _check_values(
+        torch: Any,
+        logits: list[tuple[str, torch.Tensor]],
+        labels: tuple[torch.Tensor, int, int] | None = None,
+    ) -> None:
+        """Value checks of logits (and labels) in the reference's order, with one host sync.
+
+        All the "is anything bad" reductions are stacked and read at once; only if one fires are the
+        tensors copied to the host and checked by :mod:`reference.checks`, which raises the message.
+        """
+        flags = []
+        for _, x in logits:
+            if x.is_floating_point() and x.numel():
+                flags += [x.isnan().any(), x.isposinf().any(), (~x.isfinite()).all(dim=-1).any()]
+        if labels is not None:
+            y, vocab, ignore_index = labels
+            if y.numel():
+                flags.append(((y != ignore_index) & ((y < 0) | (y >= vocab))).any())
+        if not flags or not bool(torch.stack(flags).any()):
+            return
+        for name, x in logits:
+            host = x.detach().to("cpu", torch.float64) if x.is_floating_point() else x.detach().cpu()
+            checks.check_logits(name, host.numpy())
+        if labels is not None:
+            y, vocab, ignore_index = labels
+            checks.check_labels(y.detach().cpu().numpy(), vocab, ignore_index)
+
+    @staticmethod
+    def _compute_dtype(torch: Any, *tensors: torch.Tensor) -> tuple[Any, Any]:
+        """(dtype to compute in, dtype of the results) for these logits; see the dtype policy."""
+        out = None
+        for x in tensors:
+            dtype = x.dtype if x.is_floating_point() else torch.float64
+            out = dtype if out is None else torch.promote_types(out, dtype)
+        compute = torch.float64 if out == torch.float64 else torch.float32
+        return compute, out
+
+    def _kd_inputs(
+        self,
+        student_logits: Any,
+        teacher_logits: Any,
+        labels: Any,
+        temperature: Any,
+        alpha: Any,
+        ignore_index: Any,
+        reduction: Any,
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, float, float, int, str]:
+        """Validate kd_loss / kd_logit_gradient arguments in the reference's order."""
+        temperature, alpha, reduction = checks.check_hyperparameters(temperature, alpha, reduction)
+        ignore_index = checks.check_ignore_index(ignore_index)
+        torch = self._torch()
+        s = self._logits(torch, "student_logits", student_logits)
+        t = self._logits(torch, "teacher_logits", teacher_logits)
+        y = self._labels(torch, labels, s.device)
+        vocab = checks.check_shapes(tuple(s.shape), tuple(t.shape), tuple(y.shape))
+        t = t.to(s.device)
+        self._check_values(
+            torch, [("student_logits", s), ("teacher_logits", t)], (y, vocab, ignore_index)
+        )
+        return torch, s, t, y, temperature, alpha, ignore_index, reduction
+
+    # ----------------------------------------------------------------------------------------------------
+    # The math surface.
+    # ----------------------------------------------------------------------------------------------------
+
+    def softmax(self, logits: Any, temperature: float = 1.0) -> torch.Tensor:
+        """``softmax(z / T)`` over the last axis, shifted by the row max; result in the input's dtype."""
+        temperature = checks.check_temperature(temperature)
+        torch = self._torch()
+        z = self._logits(torch, "logits", logits)
+        checks.check_logits_shape("logits", tuple(z.shape))
+        self._check_values(torch, [("logits", z)])
+        compute, out = self._compute_dtype(torch, z)
+        return torch.softmax(z.to(compute) / temperature, dim=-1).to(out)
+
+    def log_softmax(self, logits: Any, temperature: float = 1.0) -> torch.Tensor:
+        """``log_softmax(z / T)`` over the last axis (``-inf`` stays ``-inf``); result in the input's dtype."""
+        temperature = checks.check_temperature(temperature)
+        torch = self._torch()
+        z = self._logits(torch, "logits", logits)
+        checks.check_logits_shape("logits", tuple(z.shape))
+        self._check_values(torch, [("logits", z)])
+        compute, out = self._compute_dtype(torch, z)
+        return torch.log_softmax(z.to(compute) / temperature, dim=-1).to(out)
+
+    def cross_entropy(
+        self,
+        logits: Any,
+        labels: Any,
+        *,
+        ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        """``CE_i = -log softmax(s_i)[y_i]`` (untempered), 0 on ignored rows, then reduced."""
+        reduction = checks.check_reduction(reduction)
+        ignore_index = checks.check_ignore_index(ignore_index)
+        torch = self._torch()
+        s = self._logits(torch, "logits", logits)
+        checks.check_logits_shape("logits", tuple(s.shape))
+        try:  # the reference checks the logits' values before it looks at the labels at all
+            y = self._labels(torch, labels, s.device)
+            checks.check_labels_shape(tuple(y.shape), tuple(s.shape))
+        except ValueError:
+            self._check_values(torch, [("logits", s)])
+            raise
+        self._check_values(torch, [("logits", s)], (y, s.shape[-1], ignore_index))
+        compute, out = self._compute_dtype(torch, s)
+        valid = y != ignore_index
+        ce = _cross_entropy_rows(torch, torch.log_softmax(s.to(compute), dim=-1), y, valid)
+        return _reduce(torch, ce, valid, reduction).to(out)
+
+    def kl_divergence(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Per-row ``KL(softmax(t/T) || softmax(s/T))``, shape ``student_logits.shape[:-1]``."""
+        temperature = checks.check_temperature(temperature)
+        torch = self._torch()
+        s = self._logits(torch, "student_logits", student_logits)
+        t = self._logits(torch, "teacher_logits", teacher_logits)
+        checks.check_shapes(tuple(s.shape), tuple(t.shape))
+        t = t.to(s.device)
+        self._check_values(torch, [("student_logits", s), ("teacher_logits", t)])
+        compute, out = self._compute_dtype(torch, s, t)
+        log_q = torch.log_softmax(s.to(compute) / temperature, dim=-1)
+        log_p = torch.log_softmax(t.to(compute) / temperature, dim=-1)
+        return _kl_rows(torch, log_p, log_q).to(out)
+
+    def kd_loss(
+        self,
+        student_logits: Any,
+        teacher_logits: Any,
+        labels: Any,
+        *,
+        temperature: float,
+        alpha: float,
+        ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        """``alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))`` per row, then reduced.
+
+        Differentiable with respect to ``student_logits``: backward is the analytic gradient.
+        """
+        torch, s, t, y, temperature, alpha, ignore_index, reduction = self._kd_inputs(
+            student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
+        )
+        return _kd_function(torch).apply(s, t, y, temperature, alpha, ignore_index, reduction)
+
+    def kd_logit_gradient(
+        self,
+        student_logits: Any,
+        teacher_logits: Any,
+        labels: Any,
+        *,
+        temperature: float,
+        alpha: float,
+        ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        """``alpha (softmax(s) - e_y) + (1 - alpha) T (softmax(s/T) - softmax(t/T))`` per row.
+
+        Zero on ignored rows; divided by the number of valid rows for ``mean``. Shape and dtype of
+        ``student_logits`` (computed in the dtype promoted with the teacher's).
+        """
+        torch, s, t, y, temperature, alpha, ignore_index, reduction = self._kd_inputs(
+            student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
+        )
+        compute, _ = self._compute_dtype(torch, s, t)
+        _, out = self._compute_dtype(torch, s)
+        stats = _KDStats.compute(s.to(compute), t.to(compute), temperature)
+        gradient = _kd_gradient(torch, stats, y, y != ignore_index, temperature, alpha, reduction)
+        return gradient.to(out)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Row-wise math on validated tensors of the compute dtype (shape [..., V], labels [...]).
+# --------------------------------------------------------------------------------------------------------
+
+
+def _weighted(torch: Any, weight: float, term: torch.Tensor) -> torch.Tensor:
+    """``weight * term``, except a weight of exactly 0 gives exactly 0 (even where the term is +inf)."""
+    return torch.zeros_like(term) if weight == 0.0 else weight * term
+
+
+def _cross_entropy_rows(
+    torch: Any, log_q: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """``-log_q[y]`` on valid rows, 0 on ignored ones (their label is replaced by column 0 to gather)."""
+    picked = log_q.gather(-1, torch.where(valid, y, 0).unsqueeze(-1).to(torch.int64)).squeeze(-1)
+    return torch.where(valid, -picked, torch.zeros_like(picked))
+
+
+def _kl_rows(torch: Any, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``sum_v p_v (log p_v - log q_v)`` with terms where ``p_v == 0`` exactly 0."""
+    p = log_p.exp()
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return terms.sum(dim=-1)
+
+
+def _reduce(torch: Any, per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``none``: the rows; ``sum``: their total; ``mean``: total / #valid rows, 0 when none (no sync).
+
+    With no valid row every row is exactly 0, so dividing the total by ``max(#valid, 1)`` gives 0.
+    """
+    if reduction == "none":
+        return per_row
+    total = per_row.sum()
+    if reduction == "sum":
+        return total
+    return total / _valid_count_divisor(torch, valid, total.dtype)
+
+
+def _valid_count_divisor(torch: Any, valid: torch.Tensor, dtype: Any) -> torch.Tensor:
+    """``max(#valid rows, 1)`` as a 0-d tensor of ``dtype`` (computed on the device, no host sync)."""
+    return valid.sum().clamp_min(1).to(dtype)
+
+
+class _KDStats(NamedTuple):
+    """Inputs and per-row statistics of the three softmaxes KD needs: of ``s``, ``s/T`` and ``t/T``.
+
+    For each scaled logits ``z`` it keeps the row max ``m`` and ``lse = log sum exp(z - m)`` (shape
+    ``[..., 1]``), so ``log_softmax(z) = (z - m) - lse`` is formed without cancellation and every softmax
+    can be rebuilt elementwise in backward without another reduction.
+    """
+
+    s: torch.Tensor
+    t: torch.Tensor
+    m1: torch.Tensor
+    lse1: torch.Tensor
+    mq: torch.Tensor
+    lseq: torch.Tensor
+    mp: torch.Tensor
+    lsep: torch.Tensor
+
+    @staticmethod
+    def _row(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = z.amax(dim=-1, keepdim=True)  # finite: every row has a finite entry (checked)
+        return m, (z - m).exp().sum(dim=-1, keepdim=True).log()
+
+    @classmethod
+    def compute(cls, s: torch.Tensor, t: torch.Tensor, temperature: float) -> _KDStats:
+        """Statistics of ``s`` and ``t`` (already in the compute dtype) at ``temperature``."""
+        m1, lse1 = cls._row(s)
+        mq, lseq = (m1, lse1) if temperature == 1.0 else cls._row(s / temperature)
+        mp, lsep = cls._row(t / temperature)
+        return cls(s, t, m1, lse1, mq, lseq, mp, lsep)
+
+    def log_q1(self) -> torch.Tensor:
+        """``log softmax(s)``."""
+        return (self.s - self.m1) - self.lse1
+
+    def log_qT(self, temperature: float) -> torch.Tensor:
+        """``log softmax(s / T)``."""
+        return (self.s / temperature - self.mq) - self.lseq
+
+    def log_pT(self, temperature: float) -> torch.Tensor:
+        """``log softmax(t / T)``."""
+        return (self.t / temperature - self.mp) - self.lsep
+
+
+def _kd_loss_rows(
+    torch: Any,
+    stats: _KDStats,
+    y: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """``alpha * CE_i + (1 - alpha) * T^2 * KL_i`` on valid rows, 0 on ignored rows."""
+    ce = _cross_entropy_rows(torch, stats.log_q1(), y, valid)
+    kl = _kl_rows(torch, stats.log_pT(temperature), stats.log_qT(temperature))
+    kl = torch.where(valid, kl, torch.zeros_like(kl))
+    return _weighted(torch, alpha, ce) + _weighted(torch, (1.0 - alpha) * temperature**2, kl)
+
+
+def _kd_gradient(
+    torch: Any,
+    stats: _KDStats,
+    y: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    reduction: str,
+) -> torch.Tensor:
+    """``alpha (softmax(s) - e_y) + (1 - alpha) T (softmax(s/T) - softmax(t/T))``, reduced like the loss.
+
+    Built from the row statistics with elementwise operations only (plus the one-hot scatter); a term
+    whose weight is 0 is skipped (it is finite, so skipping it changes nothing but the work).
+    """
+    gradient = torch.zeros_like(stats.s)
+    if alpha != 0.0:
+        one_hot_index = torch.where(valid, y, 0).unsqueeze(-1)
+        minus_alpha = torch.full_like(one_hot_index, -alpha, dtype=stats.s.dtype)
+        gradient = (alpha * stats.log_q1().exp()).scatter_add(-1, one_hot_index, minus_alpha)
+    if alpha != 1.0:
+        soft = stats.log_qT(temperature).exp() - stats.log_pT(temperature).exp()
+        gradient = gradient + ((1.0 - alpha) * temperature) * soft
+    gradient = torch.where(valid.unsqueeze(-1), gradient, torch.zeros_like(gradient))
+    if reduction == "mean":
+        gradient = gradient / _valid_count_divisor(torch, valid, gradient.dtype)
+    return gradient
+
+
+_FUNCTIONS: dict[str, Any] = {}
+
+
+def _kd_function(torch: Any) -> Any:
+    """The ``torch.autograd.Function`` for kd_loss, defined on first use (so torch is imported lazily)."""
+    if "kd" in _FUNCTIONS:
+        return _FUNCTIONS["kd"]
+
+    class KDLossFunction(torch.autograd.Function):
+        """kd_loss whose backward is the analytic gradient (teacher and labels get no gradient).
+
+        Forward saves the (compute-dtype) logits and the six per-row statistics; backward rebuilds the
+        three softmaxes elementwise from them.
+        """
+
+        @staticmethod
+        def forward(ctx: Any, s, t, y, temperature, alpha, ignore_index, reduction):  # type: ignore[override]
+            compute, out = TorchBackend._compute_dtype(torch, s, t)
+            stats = _KDStats.compute(s.to(compute), t.to(compute), temperature)
+            valid = y != ignore_index
+            per_row = _kd_loss_rows(torch, stats, y, valid, temperature, alpha)
+            ctx.save_for_backward(y, valid, *stats)
+            ctx.hyper = (temperature, alpha, reduction)
+            ctx.input_dtype = s.dtype
+            return _reduce(torch, per_row, valid, reduction).to(out)
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx: Any, grad_output):  # type: ignore[override]
+            y, valid, *saved = ctx.saved_tensors
+            temperature, alpha, reduction = ctx.hyper
+            gradient = _kd_gradient(torch, _KDStats(*saved), y, valid, temperature, alpha, reduction)
+            scale = grad_output.to(gradient.dtype)
+            gradient = gradient * (scale.unsqueeze(-1) if reduction == "none" else scale)
+            return gradient.to(ctx.input_dtype), None, None, None, None, None, None
+
+    _FUNCTIONS["kd"] = KDLossFunction
+    return KDLossFunction
+
+
+TORCH_CPU = TorchBackend("cpu")
+"""The entry point ``torch`` (``backends.torch_backend:TORCH_CPU``)."""
+
+TORCH_CUDA = TorchBackend("cuda")
+"""The entry point ``torch-cuda`` (``backends.torch_backend:TORCH_CUDA``)."""

@@ -1,0 +1,1 @@
+"""Bindings: the domain vocabularies that contracts name in ``metadata.binding``."""

@@ -1,0 +1,61 @@
+"""The KD binding: the vocabulary of the contracts in ``contracts/`` (``metadata.binding: bindings.kd``).
+
+Names a check may use:
+
+* ``kd``: the backend under test (per-backend checks only): ``kd.kd_loss``, ``kd.kd_logit_gradient``,
+  ``kd.cross_entropy``, ``kd.kl_divergence``, ``kd.softmax``, ``kd.log_softmax``;
+* ``ref``: the float64 reference (:mod:`reference.kd`), with ``ref.kd_step``;
+* the helpers of :mod:`bindings.kd_values` (``close``, ``finite``, ``nondecreasing``, ...), and
+  ``kd_loss_numeric_gradient``; a few safe builtins (``abs``, ``all``, ``any``, ``len``, ``max``, ...);
+* strategies: ``kd_batch`` (a :class:`~bindings.kd_strategies.KDBatch` record), ``reduction``, ``choice``,
+  ``number``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bindings import kd_strategies, kd_values
+from bindings.kd_strategies import KD_BATCH_FIELDS, KDBatch
+from bindings.kd_subject import KD_OPS, KDBackends, Reference
+from spec.binding import Binding, Strategy
+
+
+def kd_loss_numeric_gradient(ops: Any, batch: KDBatch, reduction: str = "mean", eps: float = 1e-6) -> np.ndarray:
+    """Central finite differences of ``ops.kd_loss`` (the backend's own loss) w.r.t. the student logits."""
+
+    def loss(student: np.ndarray) -> np.ndarray:
+        return ops.kd_loss(student, batch.teacher, batch.labels, temperature=batch.temperature,
+                           alpha=batch.alpha, reduction=reduction)
+
+    return kd_values.central_difference_gradient(loss, batch.student, eps)
+
+
+_BUILTINS = {f.__name__: f for f in (abs, all, any, len, max, min, sum, zip, range, float, int, round, sorted,
+                                     enumerate, list, tuple, isinstance)}
+
+_HELPERS = {
+    name: getattr(kd_values, name)
+    for name in ("close", "finite", "nondecreasing", "increasing", "row_sums", "shift_rows", "along_ray",
+                 "valid_count", "ignored", "rows_where", "all_ignored", "zeros_like", "scale", "with_nan",
+                 "with_posinf", "with_dead_row", "widen_vocab", "with_label", "as_float", "flat", "total")
+}
+
+BINDING = Binding(
+    name="bindings.kd",
+    names={**_BUILTINS, **_HELPERS, "kd_loss_numeric_gradient": kd_loss_numeric_gradient,
+           "IGNORE_INDEX": kd_strategies.IGNORE_INDEX, "inf": float("inf"), "nan": float("nan")},
+    namespaces={"ref": Reference("float64")},
+    namespace_attributes={"kd": KD_OPS, "ref": (*KD_OPS, "kd_step")},
+    strategies={
+        "kd_batch": Strategy(kd_strategies.kd_batch, KD_BATCH_FIELDS, "random KD inputs (a KDBatch record)"),
+        "reduction": Strategy(kd_strategies.reduction, (), "none, sum or mean"),
+        "choice": Strategy(kd_strategies.choice, (), "one of the listed values"),
+        "number": Strategy(kd_strategies.number, (), "a finite float in [low, high]"),
+    },
+    errors={"ValueError": ValueError},
+    backends=KDBackends(),
+    subject_namespaces=("kd",),
+)

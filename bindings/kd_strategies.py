@@ -1,0 +1,134 @@
+"""How KD checks draw their inputs. Arrays come from a numpy generator seeded by a drawn integer, so
+hypothesis shrinks shapes, seeds and hyperparameters (not thousands of floats) and stays fast."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import strategies as st
+
+IGNORE_INDEX = -100
+REDUCTIONS = ("none", "sum", "mean")
+
+
+def _describe_array(name: str, a: np.ndarray) -> str:
+    with np.printoptions(precision=4, threshold=48, edgeitems=3, linewidth=100):
+        return f"{name} {a.dtype}{list(a.shape)} = {np.array2string(a, prefix='  ')}"
+
+
+@dataclass(frozen=True)
+class KDBatch:
+    """One drawn KD input: student and teacher logits ``[..., V]``, labels ``[...]`` and hyperparameters."""
+
+    student: np.ndarray
+    teacher: np.ndarray
+    labels: np.ndarray
+    temperature: float
+    alpha: float
+    direction: np.ndarray
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def vocab(self) -> int:
+        return int(self.student.shape[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.student.shape)
+
+    def describe(self) -> str:
+        parts = [f"KDBatch(shape={list(self.shape)}, temperature={self.temperature!r}, alpha={self.alpha!r})",
+                 _describe_array("student", self.student), _describe_array("teacher", self.teacher),
+                 _describe_array("labels", self.labels)]
+        return "\n".join(parts)
+
+
+KD_BATCH_FIELDS = ("student", "teacher", "labels", "temperature", "alpha", "direction", "ignore_index",
+                   "vocab", "shape")
+
+
+def _range(value: float | Sequence[float], kind: str = "float") -> st.SearchStrategy:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return st.just(value)
+    lo, hi = value
+    if kind == "int":
+        return st.integers(int(lo), int(hi))
+    edges = [v for v in (lo, hi, 1.0, 0.5) if lo <= v <= hi]
+    return st.one_of(st.sampled_from(edges), st.floats(lo, hi, allow_nan=False, allow_infinity=False))
+
+
+def kd_batch(
+    rows: Sequence[int] = (1, 8),
+    vocab: Sequence[int] | int = (2, 24),
+    ndim: Sequence[int] = (2, 3),
+    scale: float = 4.0,
+    temperature: float | Sequence[float] = (0.25, 8.0),
+    alpha: float | Sequence[float] = (0.0, 1.0),
+    ignore: float = 0.3,
+    min_valid: int = 0,
+    masked: float = 0.0,
+    extreme: bool = False,
+) -> st.SearchStrategy[KDBatch]:
+    """Random KD inputs.
+
+    ``rows``/``vocab``: ranges of the row count and vocabulary size; ``ndim``: logits of 2 or 3 axes;
+    ``scale``: standard deviation of the logits; ``ignore``: fraction of rows labelled ``ignore_index``
+    (``min_valid`` rows are always kept valid); ``masked``: fraction of vocabulary entries set to ``-inf``
+    in both student and teacher (never the label's entry, and never a whole row); ``extreme``: logits of
+    magnitude about 1e4.
+    """
+
+    @st.composite
+    def build(draw: st.DrawFn) -> KDBatch:
+        n = draw(st.integers(int(rows[0]), int(rows[1])))
+        v = draw(_range(vocab, "int"))
+        nd = draw(st.sampled_from(tuple(ndim)))
+        seed = draw(st.integers(0, 2**32 - 1))
+        t = float(draw(_range(temperature)))
+        a = float(draw(_range(alpha)))
+        rng = np.random.default_rng(seed)
+        if nd == 3:
+            b = draw(st.integers(1, max(1, n)))
+            lead = (b, max(1, n // b))
+        else:
+            lead = (n,)
+        shape = (*lead, v)
+        student = rng.normal(0.0, scale, shape)
+        teacher = rng.normal(0.0, scale, shape)
+        if extreme:
+            student = np.sign(student) * 1e4 + student
+            teacher = np.sign(teacher) * 1e4 + teacher
+        labels = rng.integers(0, v, lead)
+        flat = labels.reshape(-1)
+        drop = rng.random(flat.size) < ignore
+        drop[: min(min_valid, flat.size)] = False
+        flat[drop] = IGNORE_INDEX
+        if masked > 0 and v > 1:
+            mask = rng.random(shape) < masked
+            keep = np.where(labels == IGNORE_INDEX, 0, labels)
+            np.put_along_axis(mask, keep[..., None], False, axis=-1)
+            student = np.where(mask, -np.inf, student)
+            teacher = np.where(mask, -np.inf, teacher)
+        direction = rng.normal(0.0, 1.0, shape)
+        direction -= direction.mean(axis=-1, keepdims=True)  # not a per-row constant shift
+        direction[..., 0] += 1.0  # never exactly zero
+        return KDBatch(student, teacher, labels.astype(np.int64), t, a, direction)
+
+    return build()
+
+
+def reduction() -> st.SearchStrategy[str]:
+    """One of ``none``, ``sum``, ``mean``."""
+    return st.sampled_from(REDUCTIONS)
+
+
+def choice(values: Sequence[object]) -> st.SearchStrategy[object]:
+    """One of ``values`` (a YAML list)."""
+    return st.sampled_from(list(values))
+
+
+def number(low: float, high: float) -> st.SearchStrategy[float]:
+    """A finite float in ``[low, high]``."""
+    return st.floats(low, high, allow_nan=False, allow_infinity=False)

@@ -1,0 +1,117 @@
+"""The backend under test, as a check sees it: ``kd`` (the backend) and ``ref`` (the reference).
+
+``kd.kd_loss(...)`` takes numpy inputs, hands them to the backend in the dtype under test (integer labels
+as int64; labels of any other dtype are passed as they are, so a backend must refuse them itself), and
+returns numpy float64. ``ref`` is the float64 reference evaluated on the *same* inputs rounded to that
+dtype, so a float32 or bfloat16 comparison measures the backend's arithmetic, not the input rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from reference import kd as reference_kd
+from reference.step import kd_step
+from spec.binding import Target
+
+KD_OPS = ("softmax", "log_softmax", "cross_entropy", "kl_divergence", "kd_loss", "kd_logit_gradient")
+
+
+def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
+    """``x`` rounded to ``dtype`` (round to nearest even) and widened back to float64."""
+    a = np.asarray(x, dtype=np.float64)
+    if dtype == "float64":
+        return a
+    f = a.astype(np.float32)
+    if dtype == "float32":
+        return f.astype(np.float64)
+    bits = f.view(np.uint32)
+    rounded = ((bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+    return np.where(np.isfinite(f), rounded, f).astype(np.float64)
+
+
+class BackendOps:
+    """The math surface of one backend in one dtype, with numpy in and numpy out."""
+
+    def __init__(self, backend: Any, dtype: str) -> None:
+        self.backend = backend
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"<{self.backend.name} in {self.dtype}>"
+
+    def _in(self, x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            if x.dtype.kind in "iu":
+                return self.backend.asarray(x.astype(np.int64), "int64")
+            if x.dtype.kind == "f":
+                return self.backend.asarray(x, self.dtype)
+        return x
+
+    def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(self.backend, op)(*(self._in(a) for a in args), **kwargs)
+        return np.asarray(self.backend.to_numpy(result), dtype=np.float64)
+
+    def softmax(self, logits: Any, temperature: float = 1.0) -> np.ndarray:
+        return self._call("softmax", logits, temperature=temperature)
+
+    def log_softmax(self, logits: Any, temperature: float = 1.0) -> np.ndarray:
+        return self._call("log_softmax", logits, temperature=temperature)
+
+    def cross_entropy(self, logits: Any, labels: Any, **kwargs: Any) -> np.ndarray:
+        return self._call("cross_entropy", logits, labels, **kwargs)
+
+    def kl_divergence(self, student_logits: Any, teacher_logits: Any, **kwargs: Any) -> np.ndarray:
+        return self._call("kl_divergence", student_logits, teacher_logits, **kwargs)
+
+    def kd_loss(self, student_logits: Any, teacher_logits: Any, labels: Any, **kwargs: Any) -> np.ndarray:
+        return self._call("kd_loss", student_logits, teacher_logits, labels, **kwargs)
+
+    def kd_logit_gradient(self, student_logits: Any, teacher_logits: Any, labels: Any, **kwargs: Any) -> np.ndarray:
+        return self._call("kd_logit_gradient", student_logits, teacher_logits, labels, **kwargs)
+
+
+class Reference:
+    """The float64 reference, on inputs first rounded to ``dtype``; plus ``kd_step``."""
+
+    kd_step = staticmethod(kd_step)
+
+    def __init__(self, dtype: str = "float64") -> None:
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"<reference on {self.dtype}-rounded inputs>"
+
+    def _in(self, x: Any) -> Any:
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+            return round_to(x, self.dtype)
+        return x
+
+    def __getattr__(self, op: str) -> Any:
+        if op not in KD_OPS:
+            raise AttributeError(op)
+        fn = getattr(reference_kd, op)
+        return lambda *args, **kwargs: fn(*(self._in(a) for a in args), **kwargs)
+
+
+class KDBackends:
+    """The backend catalog: :mod:`backends.registry` seen through the harness's :class:`BackendCatalog`."""
+
+    default = "numpy"
+
+    def known(self) -> list[str]:
+        from backends import registry
+
+        return registry.known()
+
+    def select(self, spec: str) -> tuple[list[Target], list[tuple[str, str]]]:
+        from backends import registry
+
+        selection = registry.select(spec)
+        targets = [Target(b.name, tuple(b.dtypes), b) for b in selection.backends]
+        return targets, list(selection.left_out)
+
+    def namespaces(self, target: Target, dtype: str) -> dict[str, Any]:
+        return {"kd": BackendOps(target.backend, dtype), "ref": Reference(dtype)}
