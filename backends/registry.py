@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import entry_points
 from typing import Any
 
 from backends.protocol import Availability, Backend, BackendError, conformance_problems
@@ -128,7 +128,9 @@ def get(name: str) -> Backend:
     :meth:`Backend.available`; :func:`select` does.
     """
     if not isinstance(name, str) or not name.strip():
-        raise BackendError(f"backend name must be a non-empty string, got {name!r}; known: {', '.join(known())}")
+        raise BackendError(
+            f"backend name must be a non-empty string, got {name!r}; known: {', '.join(known())}"
+        )
     name = name.strip()
     if name in _cache:
         return _cache[name]

@@ -210,9 +210,7 @@ class TorchBackend:
         y = self._labels(torch, labels, s.device)
         vocab = checks.check_shapes(tuple(s.shape), tuple(t.shape), tuple(y.shape))
         t = t.to(s.device)
-        self._check_values(
-            torch, [("student_logits", s), ("teacher_logits", t)], (y, vocab, ignore_index)
-        )
+        self._check_values(torch, [("student_logits", s), ("teacher_logits", t)], (y, vocab, ignore_index))
         return torch, s, t, y, temperature, alpha, ignore_index, reduction
 
     # ----------------------------------------------------------------------------------------------------
@@ -230,7 +228,7 @@ class TorchBackend:
         return torch.softmax(z.to(compute) / temperature, dim=-1).to(out)
 
     def log_softmax(self, logits: Any, temperature: float = 1.0) -> torch.Tensor:
-        """``log_softmax(z / T)`` over the last axis (``-inf`` stays ``-inf``); result in the input's dtype."""
+        """``log_softmax(z / T)`` over the last axis (``-inf`` stays ``-inf``), in the input's dtype."""
         temperature = checks.check_temperature(temperature)
         torch = self._torch()
         z = self._logits(torch, "logits", logits)

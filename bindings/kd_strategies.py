@@ -132,3 +132,66 @@ def choice(values: Sequence[object]) -> st.SearchStrategy[object]:
 def number(low: float, high: float) -> st.SearchStrategy[float]:
     """A finite float in ``[low, high]``."""
     return st.floats(low, high, allow_nan=False, allow_infinity=False)
+
+
+@dataclass(frozen=True)
+class StepCase:
+    """One drawn KD step: fixture teacher and student providers, a batch of input ids and labels, and the
+    logits both providers give for it."""
+
+    teacher: object
+    student: object
+    input_ids: np.ndarray
+    labels: np.ndarray
+    temperature: float
+    alpha: float
+    vocab: int
+    context: int
+
+    @property
+    def teacher_logits(self) -> np.ndarray:
+        return np.asarray(self.teacher.logits_for_batch(self.input_ids))  # type: ignore[attr-defined]
+
+    @property
+    def student_logits(self) -> np.ndarray:
+        return np.asarray(self.student.logits_for_batch(self.input_ids))  # type: ignore[attr-defined]
+
+    def describe(self) -> str:
+        return (f"StepCase(vocab={self.vocab}, context={self.context}, temperature={self.temperature!r}, "
+                f"alpha={self.alpha!r})\n" + _describe_array("input_ids", self.input_ids) + "\n"
+                + _describe_array("labels", self.labels))
+
+
+STEP_CASE_FIELDS = ("teacher", "student", "input_ids", "labels", "temperature", "alpha", "vocab", "context",
+                    "teacher_logits", "student_logits")
+
+
+def step_case(
+    vocab: Sequence[int] = (2, 16),
+    batch: Sequence[int] = (1, 4),
+    seq: Sequence[int] = (1, 6),
+    temperature: float | Sequence[float] = (0.5, 4.0),
+    alpha: float | Sequence[float] = (0.0, 1.0),
+    ignore: float = 0.2,
+) -> st.SearchStrategy[StepCase]:
+    """A fixture teacher and student over ``vocab`` tokens and a batch ``[batch, seq]`` of input ids with
+    labels (``ignore`` of them ``ignore_index``)."""
+    from reference.providers import FixtureStudent, FixtureTeacher
+
+    @st.composite
+    def build(draw: st.DrawFn) -> StepCase:
+        v = draw(st.integers(int(vocab[0]), int(vocab[1])))
+        b = draw(st.integers(int(batch[0]), int(batch[1])))
+        s = draw(st.integers(int(seq[0]), int(seq[1])))
+        seed = draw(st.integers(0, 2**32 - 1))
+        t = float(draw(_range(temperature)))
+        a = float(draw(_range(alpha)))
+        rng = np.random.default_rng(seed)
+        input_ids = rng.integers(0, v, (b, s))
+        labels = rng.integers(0, v, (b, s))
+        labels[rng.random((b, s)) < ignore] = IGNORE_INDEX
+        teacher = FixtureTeacher(v, seed=int(rng.integers(0, 2**31)))
+        student = FixtureStudent(v, seed=int(rng.integers(0, 2**31)), init_scale=1.0)
+        return StepCase(teacher, student, input_ids, labels.astype(np.int64), t, a, v, v)
+
+    return build()

@@ -177,3 +177,25 @@ def flat(x: object) -> np.ndarray:
 def total(x: object) -> float:
     """The sum of every element of ``x``."""
     return float(np.asarray(x, dtype=np.float64).sum())
+
+
+def close_scaled(actual: object, expected: object, tol: float) -> Comparison:
+    """Like :func:`close`, with the error of each element scaled by ``max(1, |expected|)``: absolute for
+    values of magnitude up to 1, relative above. For low-precision dtypes, whose error grows with the value."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        return Comparison(False, float("inf"), tol, f": shape {a.shape} != expected shape {e.shape}")
+    finite_e = np.where(np.isfinite(e), np.abs(e), 1.0)
+    return close(a / np.maximum(1.0, finite_e), e / np.maximum(1.0, finite_e), tol)
+
+
+def descend(ops: object, student: object, teacher: object, labels: object, *, temperature: float, alpha: float,
+            steps: int, learning_rate: float) -> np.ndarray:
+    """``steps`` plain gradient steps on the student logits: ``s <- s - lr * kd_logit_gradient(s)``, with the
+    gradient computed by ``ops`` (a backend or the reference). Returns the final student logits."""
+    s = np.array(student, dtype=np.float64)
+    for _ in range(int(steps)):
+        g = ops.kd_logit_gradient(s, teacher, labels, temperature=temperature, alpha=alpha)  # type: ignore[attr-defined]
+        s = s - float(learning_rate) * np.asarray(g, dtype=np.float64)
+    return s
