@@ -5,6 +5,8 @@ Names a check may use:
 * ``kd``: the backend under test (per-backend checks only): ``kd.kd_loss``, ``kd.kd_logit_gradient``,
   ``kd.cross_entropy``, ``kd.kl_divergence``, ``kd.softmax``, ``kd.log_softmax``;
 * ``ref``: the float64 reference (:mod:`reference.kd`), with ``ref.kd_step``;
+* ``pipeline``: the distillation pipeline driven and observed as plain data (:mod:`bindings.kd_pipeline`:
+  ``pipeline.run_distill``, ``pipeline.parse_smoke``, ``pipeline.callback_events``, ``pipeline.train``, ...);
 * the helpers of :mod:`bindings.kd_values` (``close``, ``finite``, ``nondecreasing``, ...), and
   ``kd_loss_numeric_gradient``; a few safe builtins (``abs``, ``all``, ``any``, ``len``, ``max``, ...);
 * strategies: ``kd_batch`` (a :class:`~bindings.kd_strategies.KDBatch` record), ``reduction``, ``choice``,
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bindings import kd_strategies, kd_values
+from bindings import kd_pipeline, kd_strategies, kd_values
 from reference import providers
 from bindings.kd_strategies import KD_BATCH_FIELDS, STEP_CASE_FIELDS, KDBatch
 from bindings.kd_subject import KD_OPS, KDBackends, Reference
@@ -54,9 +56,10 @@ BINDING = Binding(
     names={**_BUILTINS, **_HELPERS, "kd_loss_numeric_gradient": kd_loss_numeric_gradient,
            "forward_of": forward_of,
            "IGNORE_INDEX": kd_strategies.IGNORE_INDEX, "inf": float("inf"), "nan": float("nan")},
-    namespaces={"ref": Reference("float64"), "providers": providers},
+    namespaces={"ref": Reference("float64"), "providers": providers, "pipeline": kd_pipeline},
     namespace_attributes={"kd": KD_OPS, "ref": (*KD_OPS, "kd_step"),
-                          "providers": ("FixtureTeacher", "FixtureStudent")},
+                          "providers": ("FixtureTeacher", "FixtureStudent"),
+                          "pipeline": kd_pipeline.ATTRIBUTES},
     strategies={
         "kd_batch": Strategy(kd_strategies.kd_batch, KD_BATCH_FIELDS, "random KD inputs (a KDBatch record)"),
         "step_case": Strategy(kd_strategies.step_case, STEP_CASE_FIELDS,

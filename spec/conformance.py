@@ -66,12 +66,16 @@ class Conformance:
             widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
             lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
         lines.append("")
-        lines.append("Largest measured error per backend (tolerance beside it):")
-        for label in self.backends:
-            w = self.worst.get(label)
-            text = (f"{w['error']:.3e} (tolerance {w['tolerance']:.1e}) in {w['test']}" if w
-                    else "no measured comparison ran")
-            lines.append(f"{'- ' if markdown else '  '}{label}: {text}")
+        lines.append("Largest measured error per backend and dtype, beside its tolerance:")
+        bullet = "- " if markdown else "  "
+        for backend in self.backends:
+            labels = sorted(k for k in self.worst if k == backend or k.startswith(f"{backend}-"))
+            if not labels:
+                lines.append(f"{bullet}{backend}: no measured comparison ran")
+            for label in labels:
+                w = self.worst[label]
+                name = label if label != backend else f"{backend}-float64"
+                lines.append(f"{bullet}{name}: {w['error']:.3e} (tolerance {w['tolerance']:.1e}) in {w['test']}")
         for name, reason in self.left_out:
             lines.append(f"{'- ' if markdown else '  '}not run: {name}: {reason}")
         verdict = "PASS" if self.ok else "FAIL"
@@ -114,14 +118,15 @@ class _Collector:
         props = dict(report.user_properties)
         if "measured_error" in props:
             err, tol = props["measured_error"], props["tolerance"]
-            prev = self.result.worst.get(backend)
+            prev = self.result.worst.get(label)
             if prev is None or measure.ratio(err, tol) > measure.ratio(prev["error"], prev["tolerance"]):
-                self.result.worst[backend] = {"error": err, "tolerance": tol, "test": report.nodeid.split("::")[-1]}
+                self.result.worst[label] = {"error": err, "tolerance": tol, "test": report.nodeid.split("::")[-1]}
 
 
 def run_suite(suite_dir: Path, backend: str | None, extra_args: list[str] | None = None) -> Conformance:
     result = Conformance()
-    args = [str(suite_dir), "-q", "-p", "no:cacheprovider", "--no-header", "-rfE", *(extra_args or [])]
+    args = [str(suite_dir), "-q", "-p", "no:cacheprovider", "--no-header", "-rfE",
+            "-W", "ignore::pytest.PytestAssertRewriteWarning", *(extra_args or [])]
     if backend:
         args += ["--backend", backend]
     result.exit_code = int(pytest.main(args, plugins=[_Collector(result)]))

@@ -35,15 +35,17 @@ class CheckSpec:
                 given[var] = (spec, {})
             else:
                 given[var] = (spec.get("strategy", ""), dict(spec.get("with") or {}))
-        dtypes = tuple(data.get("dtypes") or ("float64",))
+        # A field of the wrong type has a schema error already; read it as absent rather than dropping
+        # the whole check (a string tolerance must not silence every other rule of the falsifier).
+        dtypes = tuple(_list(data.get("dtypes")) or ("float64",))
         tol = data.get("tolerance")
-        tolerance = {d: tol for d in DTYPES} if _is_number(tol) else dict(tol or {})
+        tolerance = {d: tol for d in DTYPES} if _is_number(tol) else (tol if isinstance(tol, dict) else {})
         return cls(
             expect=data.get("expect", ""),
             scope=data.get("scope", "per_backend"),
             dtypes=dtypes,
             given=given,
-            assume=tuple(data.get("assume") or ()),
+            assume=tuple(_list(data.get("assume"))),
             let=tuple((data.get("let") or {}).items()),
             raises=data.get("raises"),
             match=data.get("match"),
@@ -51,6 +53,10 @@ class CheckSpec:
             tolerance_reason=data.get("tolerance_reason"),
             max_examples=data.get("max_examples"),
         )
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _is_number(value: Any) -> bool:

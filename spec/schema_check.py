@@ -48,14 +48,21 @@ def schema_diagnostics(doc: Document) -> list[Diagnostic]:
                 out.append(Diagnostic(doc.path, line, col, ERROR, "SCHEMA-UNKNOWN-KEY",
                                       f"unknown key '{key}' in {_where(pointer)}{hint}"))
             continue
+        if "propertyNames" in error.schema_path:  # the error is about a key of the mapping at pointer
+            line, col = doc.where((*pointer, error.instance), key=True)
+            out.append(Diagnostic(doc.path, line, col, ERROR, "SCHEMA-FORMAT",
+                                  f"key {error.instance!r} in {_where(pointer)} must be lower_snake_case"))
+            continue
         line, col = doc.where(pointer)
-        if kind == "required":
+        if kind == "required":  # at the key that opens the mapping, not at its first entry
+            line, col = doc.where(pointer, key=True)
             missing = [k for k in error.validator_value if k not in error.instance]
             for key in missing:
                 out.append(Diagnostic(doc.path, line, col, ERROR, "SCHEMA-REQUIRED",
                                       f"missing required field '{key}' in {_where(pointer)}"))
             continue
-        if kind in ("minLength", "minItems", "minProperties") or (kind == "pattern" and error.validator_value == "\\S"):
+        blank = isinstance(error.instance, str) and not error.instance.strip()
+        if kind in ("minLength", "minItems", "minProperties") or (kind == "pattern" and blank):
             rule, message = "SCHEMA-EMPTY", f"{_where(pointer)} is empty: it needs a value"
         elif kind == "type":
             rule = "SCHEMA-TYPE"
@@ -65,13 +72,10 @@ def schema_diagnostics(doc: Document) -> list[Diagnostic]:
             rule, message = "SCHEMA-VALUE", f"{_where(pointer)} is {error.instance!r}: choose one of {choices}"
         elif kind == "pattern":
             rule, message = "SCHEMA-FORMAT", _pattern_message(pointer, error)
-        elif kind == "propertyNames":
-            rule = "SCHEMA-FORMAT"
-            message = f"key {error.instance!r} in {_where(pointer)} must be lower_snake_case"
         else:
             rule, message = "SCHEMA-INVALID", f"{_where(pointer)}: {error.message}"
         out.append(Diagnostic(doc.path, line, col, ERROR, rule, message))
-    return out
+    return list(dict.fromkeys(out))  # one finding once: "" fails both minLength and pattern
 
 
 def _pattern_message(pointer: tuple[Any, ...], error: jsonschema.ValidationError) -> str:

@@ -222,7 +222,7 @@ def _check_rules(contract: Contract, f: FalsifierSpec, binding: Binding, result:
     unavailable = {k: "stands for the backend under test: it is only available when scope is per_backend"
                    for k in subject if check.scope != "per_backend"}
     names = set(binding.names) | plain
-    if check.tolerance:
+    if check.tolerance or contract.data["falsification_tests"][f.index]["check"].get("tolerance") is not None:
         names.add("tol")
     else:
         unavailable["tol"] = "is only defined when the falsifier declares a tolerance"

@@ -111,6 +111,11 @@ def load(path: str | Path, display: str | None = None) -> Document:
         raise _error(shown, line, col, "YAML-SYNTAX", f"YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise _error(shown, 0, 0, "YAML-SYNTAX", f"YAML syntax error: {exc}") from None
+    except RecursionError:  # the composer recurses once per level: [[[[...]]]] thousands deep
+        raise _error(
+            shown, 0, 0, "YAML-TOO-LARGE",
+            f"the document nests too deeply to parse: a contract nests at most {MAX_DEPTH} levels",
+        ) from None
     if root is None:
         raise _error(shown, 0, 0, "FILE-EMPTY", "the file holds no YAML document, only comments")
     doc = Document(shown, text, None, hashlib.sha256(raw).hexdigest())
