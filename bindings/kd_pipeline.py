@@ -126,24 +126,25 @@ def run_distill(
     out_lines = outcome.stdout.splitlines()
     steps = [m for m in (_STEP.match(line) for line in out_lines) if m]
     epochs = [m for m in (_EPOCH.match(line) for line in out_lines) if m]
+    # Compact, telling fields first: a failure report shows this dict truncated.
     return {
         "exit_code": outcome.exit_code,
-        "stdout": outcome.stdout,
-        "stderr": outcome.stderr,
-        "stdout_lines": out_lines,
+        "traceback": "Traceback" in outcome.stdout or "Traceback" in outcome.stderr,
+        "written": written,
+        "output_files": list(outcome.output_files),
         "stderr_lines": outcome.stderr.splitlines(),
-        "step_lines": [line for line in out_lines if _STEP_LOOSE.search(line)],
         "logged_steps": [int(m[1]) for m in steps],
         "step_totals": [int(m[2]) for m in steps],
-        "step_losses": [float(m[3]) for m in steps],
-        "epoch_lines": [line for line in out_lines if _EPOCH_LOOSE.match(line)],
         "logged_epochs": [int(m[1]) for m in epochs],
         "epoch_totals": [int(m[2]) for m in epochs],
-        "epoch_losses": [float(m[3]) for m in epochs],
         "smoke_lines": [line for line in out_lines if line.startswith(_SMOKE_PREFIX)],
-        "output_files": list(outcome.output_files),
-        "written": written,
-        "traceback": "Traceback" in outcome.stdout or "Traceback" in outcome.stderr,
+        "epoch_lines": [line for line in out_lines if _EPOCH_LOOSE.match(line)],
+        "step_lines": [line for line in out_lines if _STEP_LOOSE.search(line)],
+        "step_losses": [float(m[3]) for m in steps],
+        "epoch_losses": [float(m[3]) for m in epochs],
+        "stdout_lines": out_lines,
+        "stdout": outcome.stdout,
+        "stderr": outcome.stderr,
     }
 
 
@@ -270,7 +271,13 @@ def callback_log(
     log: list[tuple[int, str, int]] = []
     callbacks = [_Recorder(i, log, stop_at if i == 0 else None) for i in range(recorders)]
     _fixture_pipeline(
-        epochs, steps_per_epoch, callbacks, vocab=8, batch_size=2, seq_len=4, max_steps=max_steps,
+        epochs,
+        steps_per_epoch,
+        callbacks,
+        vocab=8,
+        batch_size=2,
+        seq_len=4,
+        max_steps=max_steps,
         learning_rate=1.0,
     ).run()
     return log
@@ -369,18 +376,33 @@ def step_update(
     student = FixtureStudent(_VOCAB, context_size=n_contexts, seed=seed + 1, learning_rate=lr)
     before = student.table
     _, gradient = kd_step(
-        teacher, ids, labels, temperature=_DEFAULTS.temperature, alpha=_DEFAULTS.alpha,
+        teacher,
+        ids,
+        labels,
+        temperature=_DEFAULTS.temperature,
+        alpha=_DEFAULTS.alpha,
         student_logits=FixtureStudent.from_table(before, learning_rate=lr),
     )
     config = PipelineConfig(
-        epochs=1, steps_per_epoch=1, batch_size=batch_size, temperature=_DEFAULTS.temperature,
-        alpha=_DEFAULTS.alpha, learning_rate=lr, seed=seed,
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=batch_size,
+        temperature=_DEFAULTS.temperature,
+        alpha=_DEFAULTS.alpha,
+        learning_rate=lr,
+        seed=seed,
     )
     Pipeline(teacher, student, [(ids, labels)], config, contract_versions={}).run()
     delta = student.table - before
-    moved = [bool(np.any(delta[b * k:(b + 1) * k] != 0)) for b in range(batch_size)]
-    return {"ids": ids, "gradient": gradient, "delta": delta, "contexts": n_contexts, "lr": lr,
-            "element_moved": moved}
+    moved = [bool(np.any(delta[b * k : (b + 1) * k] != 0)) for b in range(batch_size)]
+    return {
+        "ids": ids,
+        "gradient": gradient,
+        "delta": delta,
+        "contexts": n_contexts,
+        "lr": lr,
+        "element_moved": moved,
+    }
 
 
 def sum_by_context(ids: object, rows: object, contexts: int) -> np.ndarray:
@@ -474,7 +496,12 @@ def progress_work(log_every: int, epochs: int, steps_per_epoch: int) -> dict[str
     counter = _Counter()
     progress = ProgressCallback(log_every, _CountingStream(counter))  # type: ignore[arg-type]
     result = _fixture_pipeline(
-        epochs, steps_per_epoch, [_Probe(progress, counter)], vocab=8, batch_size=2, seq_len=4,
+        epochs,
+        steps_per_epoch,
+        [_Probe(progress, counter)],
+        vocab=8,
+        batch_size=2,
+        seq_len=4,
         learning_rate=1.0,
     ).run()
     lines = "".join(counter.text).splitlines()

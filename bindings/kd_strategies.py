@@ -39,14 +39,26 @@ class KDBatch:
         return tuple(self.student.shape)
 
     def describe(self) -> str:
-        parts = [f"KDBatch(shape={list(self.shape)}, temperature={self.temperature!r}, alpha={self.alpha!r})",
-                 _describe_array("student", self.student), _describe_array("teacher", self.teacher),
-                 _describe_array("labels", self.labels)]
+        parts = [
+            f"KDBatch(shape={list(self.shape)}, temperature={self.temperature!r}, alpha={self.alpha!r})",
+            _describe_array("student", self.student),
+            _describe_array("teacher", self.teacher),
+            _describe_array("labels", self.labels),
+        ]
         return "\n".join(parts)
 
 
-KD_BATCH_FIELDS = ("student", "teacher", "labels", "temperature", "alpha", "direction", "ignore_index",
-                   "vocab", "shape")
+KD_BATCH_FIELDS = (
+    "student",
+    "teacher",
+    "labels",
+    "temperature",
+    "alpha",
+    "direction",
+    "ignore_index",
+    "vocab",
+    "shape",
+)
 
 
 def _range(value: float | Sequence[float], kind: str = "float") -> st.SearchStrategy:
@@ -157,13 +169,27 @@ class StepCase:
         return np.asarray(self.student.logits_for_batch(self.input_ids))  # type: ignore[attr-defined]
 
     def describe(self) -> str:
-        return (f"StepCase(vocab={self.vocab}, context={self.context}, temperature={self.temperature!r}, "
-                f"alpha={self.alpha!r})\n" + _describe_array("input_ids", self.input_ids) + "\n"
-                + _describe_array("labels", self.labels))
+        return (
+            f"StepCase(vocab={self.vocab}, context={self.context}, temperature={self.temperature!r}, "
+            f"alpha={self.alpha!r})\n"
+            + _describe_array("input_ids", self.input_ids)
+            + "\n"
+            + _describe_array("labels", self.labels)
+        )
 
 
-STEP_CASE_FIELDS = ("teacher", "student", "input_ids", "labels", "temperature", "alpha", "vocab", "context",
-                    "teacher_logits", "student_logits")
+STEP_CASE_FIELDS = (
+    "teacher",
+    "student",
+    "input_ids",
+    "labels",
+    "temperature",
+    "alpha",
+    "vocab",
+    "context",
+    "teacher_logits",
+    "student_logits",
+)
 
 
 def step_case(

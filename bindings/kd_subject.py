@@ -69,7 +69,9 @@ class BackendOps:
     def kd_loss(self, student_logits: Any, teacher_logits: Any, labels: Any, **kwargs: Any) -> np.ndarray:
         return self._call("kd_loss", student_logits, teacher_logits, labels, **kwargs)
 
-    def kd_logit_gradient(self, student_logits: Any, teacher_logits: Any, labels: Any, **kwargs: Any) -> np.ndarray:
+    def kd_logit_gradient(
+        self, student_logits: Any, teacher_logits: Any, labels: Any, **kwargs: Any
+    ) -> np.ndarray:
         return self._call("kd_logit_gradient", student_logits, teacher_logits, labels, **kwargs)
 
 

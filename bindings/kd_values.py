@@ -6,6 +6,7 @@ and records the measured error with :func:`spec.measure.record` so reports show 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,13 +58,13 @@ def finite(x: object) -> bool:
 def nondecreasing(values: Sequence[float], slack: float = 0.0) -> bool:
     """``values[i] <= values[i + 1] + slack`` for every i."""
     v = [float(x) for x in values]
-    return all(a <= b + slack for a, b in zip(v, v[1:]))
+    return all(a <= b + slack for a, b in itertools.pairwise(v))
 
 
 def increasing(values: Sequence[float]) -> bool:
     """``values[i] < values[i + 1]`` for every i."""
     v = [float(x) for x in values]
-    return all(a < b for a, b in zip(v, v[1:]))
+    return all(a < b for a, b in itertools.pairwise(v))
 
 
 def row_sums(x: object) -> np.ndarray:
@@ -190,8 +191,17 @@ def close_scaled(actual: object, expected: object, tol: float) -> Comparison:
     return close(a / np.maximum(1.0, finite_e), e / np.maximum(1.0, finite_e), tol)
 
 
-def descend(ops: object, student: object, teacher: object, labels: object, *, temperature: float, alpha: float,
-            steps: int, learning_rate: float) -> np.ndarray:
+def descend(
+    ops: object,
+    student: object,
+    teacher: object,
+    labels: object,
+    *,
+    temperature: float,
+    alpha: float,
+    steps: int,
+    learning_rate: float,
+) -> np.ndarray:
     """``steps`` plain gradient steps on the student logits: ``s <- s - lr * kd_logit_gradient(s)``, with the
     gradient computed by ``ops`` (a backend or the reference). Returns the final student logits."""
     s = np.array(student, dtype=np.float64)

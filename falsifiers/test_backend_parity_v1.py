@@ -3,7 +3,7 @@
 # sha256: 041e92d5aa0e68d3a7d354635d4884d92ce354a7f253df6f36b3599d5c68c626
 """Falsifiers of backend-parity-v1 (version 1.0.0): Parity of every backend with the float64 reference: each operation of the math surface, in float64 at 1e-6 absolute and in float32/bfloat16 at declared tolerances, and logits trained by a backend's gradient."""
 
-from spec.runtime import Falsifier, Subject  # noqa: F401
+from spec.runtime import Falsifier, Subject
 
 CONTRACT = 'backend-parity-v1'
 BINDING = 'bindings.kd'

@@ -3,7 +3,7 @@
 # sha256: 58ae2203212c0d55664b3bd05c417496041bd5759fa013094f5b88affea341ff
 """Falsifiers of kd-loss-v1 (version 1.0.0): The knowledge-distillation loss L = alpha*CE(s, y) + (1 - alpha)*T^2*KL(softmax(t/T) || softmax(s/T)) and its analytic gradient with respect to the student logits, with ignore_index masking and the none/sum/mean reductions."""
 
-from spec.runtime import Falsifier, Subject  # noqa: F401
+from spec.runtime import Falsifier, Subject
 
 CONTRACT = 'kd-loss-v1'
 BINDING = 'bindings.kd'

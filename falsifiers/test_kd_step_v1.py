@@ -3,7 +3,7 @@
 # sha256: e189f51a716584b304651766544ce85313cf21ecd4b1a0739e157a4f23141bf2
 """Falsifiers of kd-step-v1 (version 1.0.0): One knowledge-distillation step over a batch: the teacher provider's logits, the student's logits, and the mean KD loss and its gradient with respect to the student logits."""
 
-from spec.runtime import Falsifier, Subject  # noqa: F401
+from spec.runtime import Falsifier, Subject
 
 CONTRACT = 'kd-step-v1'
 BINDING = 'bindings.kd'

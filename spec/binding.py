@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -82,16 +83,25 @@ class Binding:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
 class BindingError(Exception):
     """The binding named by a contract cannot be used; the message says why."""
 
 
 def load_binding(module_name: str) -> Binding:
     """Import ``module_name`` and return its ``BINDING``."""
+    if not isinstance(module_name, str) or not _MODULE.match(module_name):  # '.kd' would be a relative import
+        raise BindingError(f"binding {module_name!r} is not a dotted module path such as bindings.kd")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise BindingError(f"binding module '{module_name}' cannot be imported: {exc}") from None
+    except Exception as exc:  # any failure while importing the module is reported, not raised raw
+        raise BindingError(
+            f"binding module '{module_name}' cannot be imported: {type(exc).__name__}: {exc}"
+        ) from None
     binding = getattr(module, "BINDING", None)
     if not isinstance(binding, Binding):
         raise BindingError(f"binding module '{module_name}' has no BINDING of type spec.binding.Binding")

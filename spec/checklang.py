@@ -20,18 +20,63 @@ from dataclasses import dataclass, field
 from types import CodeType
 
 _ALLOWED = (
-    ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.IfExp, ast.Call, ast.keyword,
-    ast.Name, ast.Load, ast.Store, ast.Constant, ast.Attribute, ast.Subscript, ast.Slice, ast.Tuple, ast.List,
-    ast.Dict, ast.ListComp, ast.GeneratorExp, ast.comprehension,
-    ast.And, ast.Or, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.MatMult,
-    ast.USub, ast.UAdd, ast.Not, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn,
-    ast.Is, ast.IsNot,
+    ast.Expression,
+    ast.BoolOp,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Compare,
+    ast.IfExp,
+    ast.Call,
+    ast.keyword,
+    ast.Name,
+    ast.Load,
+    ast.Store,
+    ast.Constant,
+    ast.Attribute,
+    ast.Subscript,
+    ast.Slice,
+    ast.Tuple,
+    ast.List,
+    ast.Dict,
+    ast.ListComp,
+    ast.GeneratorExp,
+    ast.comprehension,
+    ast.And,
+    ast.Or,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.FloorDiv,
+    ast.Mod,
+    ast.Pow,
+    ast.MatMult,
+    ast.USub,
+    ast.UAdd,
+    ast.Not,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.Is,
+    ast.IsNot,
 )
 
 _NODE_WORDS = {
-    ast.Lambda: "lambda", ast.NamedExpr: "':=' assignment", ast.JoinedStr: "f-strings",
-    ast.Starred: "starred arguments", ast.Await: "await", ast.Yield: "yield", ast.YieldFrom: "yield",
-    ast.SetComp: "set comprehensions", ast.DictComp: "dict comprehensions", ast.Set: "set literals",
+    ast.Lambda: "lambda",
+    ast.NamedExpr: "':=' assignment",
+    ast.JoinedStr: "f-strings",
+    ast.Starred: "starred arguments",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+    ast.SetComp: "set comprehensions",
+    ast.DictComp: "dict comprehensions",
+    ast.Set: "set literals",
 }
 
 
@@ -130,7 +175,8 @@ class _Walker:
             self.visit(base, local)
             if not self.problems or self.problems[-1].rule != "CHECK-SCOPE":
                 self.fail(
-                    node, "CHECK-FORBIDDEN",
+                    node,
+                    "CHECK-FORBIDDEN",
                     f"attribute access '.{node.attr}' is only allowed on a declared namespace "
                     f"({', '.join(sorted(self.scope.namespaces)) or 'none'}) or a drawn record",
                 )
@@ -143,7 +189,9 @@ class _Walker:
 
     def call(self, node: ast.Call, local: frozenset[str]) -> None:
         if not isinstance(node.func, (ast.Name, ast.Attribute)):
-            self.fail(node, "CHECK-FORBIDDEN", "only declared functions and namespace attributes can be called")
+            self.fail(
+                node, "CHECK-FORBIDDEN", "only declared functions and namespace attributes can be called"
+            )
         self.visit(node.func, local)
         for arg in node.args:
             self.visit(arg, local)
@@ -158,7 +206,9 @@ class _Walker:
             if gen.is_async:
                 self.fail(gen, "CHECK-FORBIDDEN", "async comprehensions are not allowed")
             self.visit(gen.iter, frozenset(bound))
-            targets = [gen.target] if isinstance(gen.target, ast.Name) else getattr(gen.target, "elts", [None])
+            targets = (
+                [gen.target] if isinstance(gen.target, ast.Name) else getattr(gen.target, "elts", [None])
+            )
             for target in targets:
                 if not isinstance(target, ast.Name) or target.id.startswith("__"):
                     self.fail(gen.target, "CHECK-FORBIDDEN", "a comprehension target must be plain names")

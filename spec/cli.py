@@ -24,60 +24,99 @@ class _Parser(argparse.ArgumentParser):
 
 def _suite_dir(paths: list[str], out: str | None) -> Path:
     if out:
-        return Path(out)
-    first = Path(paths[0])
-    base = first if first.is_dir() else first.parent
-    return base.resolve().parent / "falsifiers"
+        suite = Path(out)
+    else:
+        first = Path(paths[0])
+        base = first if first.is_dir() else first.parent
+        suite = base.resolve().parent / "falsifiers"
+    if suite.exists() and not suite.is_dir():
+        raise UsageError(f"{suite} is a file, not a directory for the generated suite")
+    return suite
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m spec", description="Validate contracts, generate and run their falsifiers.")
+    parser = _Parser(
+        prog="python -m spec", description="Validate contracts, generate and run their falsifiers."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    v = sub.add_parser("validate", help="check contracts against the schema and the semantic rules",
-                       description="Check contracts against the schema and every semantic rule. "
-                       "Output: path:line:col: SEVERITY RULE-ID message, then a summary line. "
-                       "Exit 0 valid, 1 invalid, 2 usage error.")
-    v.add_argument("paths", nargs="*", default=[DEFAULT_CONTRACTS], metavar="PATH",
-                   help="contract files or directories (default: contracts/)")
+    v = sub.add_parser(
+        "validate",
+        help="check contracts against the schema and the semantic rules",
+        description="Check contracts against the schema and every semantic rule. "
+        "Output: path:line:col: SEVERITY RULE-ID message, then a summary line. "
+        "Exit 0 valid, 1 invalid, 2 usage error.",
+    )
+    v.add_argument(
+        "paths",
+        nargs="*",
+        default=[DEFAULT_CONTRACTS],
+        metavar="PATH",
+        help="contract files or directories (default: contracts/)",
+    )
     v.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
-    v.add_argument("--suite", metavar="DIR", help="generated suite to check for staleness (default: falsifiers/ "
-                   "beside the contracts directory)")
+    v.add_argument(
+        "--suite",
+        metavar="DIR",
+        help="generated suite to check for staleness (default: falsifiers/ beside the contracts directory)",
+    )
     v.add_argument("--no-suite-check", action="store_true", help="skip the generated-suite staleness check")
     v.add_argument("--rules", action="store_true", help="list every rule ID and what it catches, then exit")
 
-    g = sub.add_parser("generate", help="write the pytest falsifier suite (one test file per contract)",
-                       description="Write falsifiers/test_<contract>.py for every contract, deterministically. "
-                       "With --check, write nothing: exit 1 and list the files that are stale or missing.")
+    g = sub.add_parser(
+        "generate",
+        help="write the pytest falsifier suite (one test file per contract)",
+        description="Write falsifiers/test_<contract>.py for every contract, deterministically. "
+        "With --check, write nothing: exit 1 and list the files that are stale or missing.",
+    )
     g.add_argument("paths", nargs="*", default=[DEFAULT_CONTRACTS], metavar="PATH")
-    g.add_argument("--out", metavar="DIR", help="output directory (default: falsifiers/ beside the contracts)")
+    g.add_argument(
+        "--out", metavar="DIR", help="output directory (default: falsifiers/ beside the contracts)"
+    )
     g.add_argument("--check", action="store_true", help="only report stale or missing files (exit 1 if any)")
 
-    lst = sub.add_parser("list", help="list contracts, equations and falsifiers",
-                         description="List every contract with its equations and falsifiers (ID, scope, rule).")
+    lst = sub.add_parser(
+        "list",
+        help="list contracts, equations and falsifiers",
+        description="List every contract with its equations and falsifiers (ID, scope, rule).",
+    )
     lst.add_argument("paths", nargs="*", default=[DEFAULT_CONTRACTS], metavar="PATH")
     lst.add_argument("--format", choices=("text", "json"), default="text")
 
-    c = sub.add_parser("check", help="validate, check freshness, run the falsifiers, print a conformance table",
-                       description="The main job: validate the contracts, check the generated suite is fresh, "
-                       "run every falsifier against the chosen backends and print a conformance table. "
-                       "Exit 0 when everything passes, 1 otherwise.")
-    c.add_argument("--backend", default="all", metavar="NAMES",
-                   help="comma-separated backends (numpy, torch, torch-cuda, cupy, package.module:attribute), "
-                   "'cuda' for every CUDA backend, 'all' (default) for every backend that loads here")
+    c = sub.add_parser(
+        "check",
+        help="validate, check freshness, run the falsifiers, print a conformance table",
+        description="The main job: validate the contracts, check the generated suite is fresh, "
+        "run every falsifier against the chosen backends and print a conformance table. "
+        "Exit 0 when everything passes, 1 otherwise.",
+    )
+    c.add_argument(
+        "--backend",
+        default="all",
+        metavar="NAMES",
+        help="comma-separated backends (numpy, torch, torch-cuda, cupy, package.module:attribute), "
+        "'cuda' for every CUDA backend, 'all' (default) for every backend that loads here",
+    )
     c.add_argument("--contracts", default=DEFAULT_CONTRACTS, metavar="DIR", help="contracts directory")
-    c.add_argument("--suite", metavar="DIR", help="generated suite (default: falsifiers/ beside the contracts)")
+    c.add_argument(
+        "--suite", metavar="DIR", help="generated suite (default: falsifiers/ beside the contracts)"
+    )
     c.add_argument("--report", metavar="FILE", help="also write the table to FILE (.json or .md)")
-    c.add_argument("--hypothesis-profile", choices=("ci", "dev", "thorough"),
-                   help="how hard hypothesis searches (default: ci when CI=true, else dev)")
+    c.add_argument(
+        "--hypothesis-profile",
+        choices=("ci", "dev", "thorough"),
+        help="how hard hypothesis searches (default: ci when CI=true, else dev)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"validate": _validate, "generate": _generate, "list": _list, "check": _check}[args.command](args)
+        return {"validate": _validate, "generate": _generate, "list": _list, "check": _check}[args.command](
+            args
+        )
     except UsageError as exc:
         print(f"python -m spec {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -125,13 +164,17 @@ def _generate(args: argparse.Namespace) -> int:
         if stale:
             print(f"{len(stale)} generated file(s) out of date: run `python -m spec generate`")
             return 1
-        print(f"{len(result.contracts)} contracts, {result.n_falsifiers} falsifiers: the generated suite is fresh")
+        print(
+            f"{len(result.contracts)} contracts, {result.n_falsifiers} falsifiers: the generated suite is fresh"
+        )
         return 0
     written = write(result.contracts, out)
     for path in written:
         print(f"wrote {path}" if path.exists() else f"removed {path}")
-    print(f"{len(result.contracts)} contracts, {result.n_falsifiers} falsifiers: "
-          f"{len(written)} file(s) changed in {out}")
+    print(
+        f"{len(result.contracts)} contracts, {result.n_falsifiers} falsifiers: "
+        f"{len(written)} file(s) changed in {out}"
+    )
     return 0
 
 
@@ -142,13 +185,25 @@ def _list(args: argparse.Namespace) -> int:
         return 1
     rows = []
     for c in result.contracts:
-        rows.append({
-            "contract": c.name, "version": c.version, "path": c.doc.path,
-            "equations": {name: (eq or {}).get("formula") for name, eq in (c.data.get("equations") or {}).items()},
-            "falsifiers": [{"id": f.id, "scope": f.check.scope if f.check else None,
-                            "dtypes": list(f.check.dtypes) if f.check else [], "rule": f.rule}
-                           for f in c.falsifiers],
-        })
+        rows.append(
+            {
+                "contract": c.name,
+                "version": c.version,
+                "path": c.doc.path,
+                "equations": {
+                    name: (eq or {}).get("formula") for name, eq in (c.data.get("equations") or {}).items()
+                },
+                "falsifiers": [
+                    {
+                        "id": f.id,
+                        "scope": f.check.scope if f.check else None,
+                        "dtypes": list(f.check.dtypes) if f.check else [],
+                        "rule": f.rule,
+                    }
+                    for f in c.falsifiers
+                ],
+            }
+        )
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0

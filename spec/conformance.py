@@ -46,14 +46,19 @@ class Conformance:
         return self.exit_code == 0 and not self.failures
 
     def to_json(self) -> str:
-        return json.dumps({
-            "ok": self.ok,
-            "backends": self.backends,
-            "left_out": [{"backend": n, "reason": r} for n, r in self.left_out],
-            "contracts": {c: {b: vars(cell) for b, cell in row.items()} for c, row in sorted(self.cells.items())},
-            "largest_error": self.worst,
-            "failures": self.failures,
-        }, indent=2)
+        return json.dumps(
+            {
+                "ok": self.ok,
+                "backends": self.backends,
+                "left_out": [{"backend": n, "reason": r} for n, r in self.left_out],
+                "contracts": {
+                    c: {b: vars(cell) for b, cell in row.items()} for c, row in sorted(self.cells.items())
+                },
+                "largest_error": self.worst,
+                "failures": self.failures,
+            },
+            indent=2,
+        )
 
     def table(self, markdown: bool = False) -> str:
         columns = [*self.backends, *([ONCE] if any(ONCE in r for r in self.cells.values()) else [])]
@@ -75,7 +80,9 @@ class Conformance:
             for label in labels:
                 w = self.worst[label]
                 name = label if label != backend else f"{backend}-float64"
-                lines.append(f"{bullet}{name}: {w['error']:.3e} (tolerance {w['tolerance']:.1e}) in {w['test']}")
+                lines.append(
+                    f"{bullet}{name}: {w['error']:.3e} (tolerance {w['tolerance']:.1e}) in {w['test']}"
+                )
         for name, reason in self.left_out:
             lines.append(f"{'- ' if markdown else '  '}not run: {name}: {reason}")
         verdict = "PASS" if self.ok else "FAIL"
@@ -91,7 +98,8 @@ class _Collector:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.contract_of = {
-            item.nodeid: getattr(getattr(item, "module", None), "CONTRACT", item.nodeid) for item in session.items
+            item.nodeid: getattr(getattr(item, "module", None), "CONTRACT", item.nodeid)
+            for item in session.items
         }
         plugin = session.config.pluginmanager.get_plugin("spec-falsifiers")
         if plugin is not None:
@@ -120,13 +128,26 @@ class _Collector:
             err, tol = props["measured_error"], props["tolerance"]
             prev = self.result.worst.get(label)
             if prev is None or measure.ratio(err, tol) > measure.ratio(prev["error"], prev["tolerance"]):
-                self.result.worst[label] = {"error": err, "tolerance": tol, "test": report.nodeid.split("::")[-1]}
+                self.result.worst[label] = {
+                    "error": err,
+                    "tolerance": tol,
+                    "test": report.nodeid.split("::")[-1],
+                }
 
 
 def run_suite(suite_dir: Path, backend: str | None, extra_args: list[str] | None = None) -> Conformance:
     result = Conformance()
-    args = [str(suite_dir), "-q", "-p", "no:cacheprovider", "--no-header", "-rfE",
-            "-W", "ignore::pytest.PytestAssertRewriteWarning", *(extra_args or [])]
+    args = [
+        str(suite_dir),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--no-header",
+        "-rfE",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        *(extra_args or []),
+    ]
     if backend:
         args += ["--backend", backend]
     result.exit_code = int(pytest.main(args, plugins=[_Collector(result)]))
@@ -134,7 +155,11 @@ def run_suite(suite_dir: Path, backend: str | None, extra_args: list[str] | None
 
 
 def write_report(result: Conformance, path: Path) -> None:
-    text = result.to_json() if path.suffix == ".json" else "# Conformance\n\n" + result.table(markdown=True) + "\n"
+    text = (
+        result.to_json()
+        if path.suffix == ".json"
+        else "# Conformance\n\n" + result.table(markdown=True) + "\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

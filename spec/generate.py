@@ -41,8 +41,11 @@ def _lit(value: object) -> str:
         return "{" + ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_lit(v) for v in value)
-        return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else (
-            f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
+        return (
+            f"({inner},)"
+            if isinstance(value, tuple) and len(value) == 1
+            else (f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
+        )
     if isinstance(value, float) and not math.isfinite(value):
         return f"float({str(value)!r})"
     return repr(value)
@@ -58,16 +61,22 @@ def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
     const = re.sub(r"[^0-9a-zA-Z]+", "_", f.id)
     default = CheckSpec(expect="")
     fields = [
-        ("contract", "CONTRACT"), ("binding", "BINDING"), ("id", repr(f.id)), ("rule", repr(f.rule)),
-        ("prediction", repr(f.prediction)), ("if_fails", repr(f.if_fails)),
+        ("contract", "CONTRACT"),
+        ("binding", "BINDING"),
+        ("id", repr(f.id)),
+        ("rule", repr(f.rule)),
+        ("prediction", repr(f.prediction)),
+        ("if_fails", repr(f.if_fails)),
         ("expect", repr(" ".join(check.expect.split()))),
     ]
     optional = {
-        "scope": check.scope, "dtypes": check.dtypes,
+        "scope": check.scope,
+        "dtypes": check.dtypes,
         "given": {k: (s, kw) for k, (s, kw) in check.given.items()},
         "assume": tuple(" ".join(a.split()) for a in check.assume),
         "let": tuple((n, " ".join(e.split())) for n, e in check.let),
-        "raises": check.raises, "match": check.match,
+        "raises": check.raises,
+        "match": check.match,
         "tolerance": {d: check.tolerance[d] for d in check.dtypes if d in check.tolerance},
         "max_examples": check.max_examples,
     }
@@ -95,13 +104,15 @@ def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
 def render(contract: Contract, out_dir: Path) -> str:
     """The generated test module of ``contract``."""
     description = _docstring(contract.metadata.get("description", ""))
+    per_backend = any(f.check is not None and f.check.scope == "per_backend" for f in contract.falsifiers)
+    imports = "from spec.runtime import Falsifier, Subject" if per_backend else "from spec.runtime import Falsifier"
     blocks = "\n\n".join(_falsifier_block(contract, f) for f in contract.falsifiers if f.check is not None)
     return (
         f"{HEADER}\n"
         f"# source: {_source_path(contract, out_dir)}\n"
         f"# sha256: {contract.doc.sha256}\n"
         f'"""Falsifiers of {contract.name} (version {contract.version}): {description}"""\n\n'
-        f"from spec.runtime import Falsifier, Subject  # noqa: F401\n\n"
+        f"{imports}\n\n"
         f"CONTRACT = {contract.name!r}\n"
         f"BINDING = {contract.binding!r}\n\n\n"
         f"{blocks}"
@@ -148,7 +159,8 @@ def orphans(contracts: list[Contract], out_dir: Path) -> list[Path]:
     """Generated test files in ``out_dir`` whose contract is gone."""
     expected = set(expected_files(contracts, out_dir))
     return sorted(
-        p for p in out_dir.glob("test_*.py")
+        p
+        for p in out_dir.glob("test_*.py")
         if p not in expected and p.read_text("utf-8", errors="replace").startswith(HEADER)
     )
 

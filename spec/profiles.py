@@ -9,7 +9,12 @@ from hypothesis import HealthCheck, settings
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
 settings.register_profile(
-    "ci", derandomize=True, database=None, max_examples=25, deadline=None, print_blob=False,
+    "ci",
+    derandomize=True,
+    database=None,
+    max_examples=25,
+    deadline=None,
+    print_blob=False,
     suppress_health_check=_QUIET,
 )
 settings.register_profile("dev", max_examples=50, deadline=None, suppress_health_check=_QUIET)

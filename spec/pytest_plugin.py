@@ -35,7 +35,9 @@ class FalsifierPlugin:
     def add_options(parser: pytest.Parser) -> None:
         group = parser.getgroup("falsifiers", "contract falsifiers")
         group.addoption(
-            "--backend", default=None, metavar="NAMES",
+            "--backend",
+            default=None,
+            metavar="NAMES",
             help="comma-separated backends to hold to the contracts: names (numpy, torch, ...), "
             "package.module:attribute for a plugin, 'cuda' for every CUDA backend, 'all' for every "
             "backend that loads here (default: the reference, numpy)",
@@ -99,5 +101,3 @@ class FalsifierPlugin:
             terminalreporter.section("largest measured error per backend")
             for label, (err, tol, test) in sorted(worst.items()):
                 terminalreporter.write_line(f"{label:>20}: {err:.3e} (tolerance {tol:.1e}) in {test}")
-
-

@@ -69,7 +69,9 @@ class Falsifier:
 
     @cached_property
     def _code(self) -> dict[str, CodeType]:
-        code = {f"assume[{i}]": compile_expression(e, f"<{self.id} assume>") for i, e in enumerate(self.assume)}
+        code = {
+            f"assume[{i}]": compile_expression(e, f"<{self.id} assume>") for i, e in enumerate(self.assume)
+        }
         code.update({f"let.{n}": compile_expression(e, f"<{self.id} let {n}>") for n, e in self.let})
         code["expect"] = compile_expression(self.expect, f"<{self.id} expect>")
         return code
@@ -92,7 +94,11 @@ class Falsifier:
             {var: binding.strategies[s].build(**dict(kw)) for var, (s, kw) in self.given.items()}
         )
         current = hypothesis.settings()
-        limit = current.max_examples if self.max_examples is None else min(self.max_examples, current.max_examples)
+        limit = (
+            current.max_examples
+            if self.max_examples is None
+            else min(self.max_examples, current.max_examples)
+        )
 
         @hypothesis.settings(current, max_examples=limit)
         @hypothesis.given(drawn)
@@ -128,13 +134,24 @@ class Falsifier:
             outcome = evaluate(self._code["expect"], env)
         except wanted as exc:
             if self.match and not re.search(self.match, str(exc)):
-                self._fail(f"raised {type(exc).__name__} as expected, but its message {str(exc)!r} does not "
-                           f"match {self.match!r}", drawn, bound, subject)
+                self._fail(
+                    f"raised {type(exc).__name__} as expected, but its message {str(exc)!r} does not "
+                    f"match {self.match!r}",
+                    drawn,
+                    bound,
+                    subject,
+                )
             return
         except Exception as exc:
-            self._fail(f"expected {self.raises}, but it raised {type(exc).__name__}: {exc}", drawn, bound, subject)
-        self._fail(f"expected {self.raises}, but nothing was raised (it returned {_describe(outcome)})",
-                   drawn, bound, subject)
+            self._fail(
+                f"expected {self.raises}, but it raised {type(exc).__name__}: {exc}", drawn, bound, subject
+            )
+        self._fail(
+            f"expected {self.raises}, but nothing was raised (it returned {_describe(outcome)})",
+            drawn,
+            bound,
+            subject,
+        )
 
     def _fail(self, what: str, drawn: dict[str, Any], bound: dict[str, Any], subject: Subject | None) -> None:
         __tracebackhide__ = True

@@ -26,7 +26,10 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def _where(pointer: tuple[Any, ...]) -> str:
-    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in pointer).replace(".[", "[") or "top level"
+    return (
+        ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in pointer).replace(".[", "[")
+        or "top level"
+    )
 
 
 def _subschema_properties(error: jsonschema.ValidationError) -> list[str]:
@@ -45,31 +48,60 @@ def schema_diagnostics(doc: Document) -> list[Diagnostic]:
             for key in extra:
                 line, col = doc.where((*pointer, key), key=True)
                 hint = did_you_mean(str(key), allowed) or f" (allowed: {', '.join(allowed)})"
-                out.append(Diagnostic(doc.path, line, col, ERROR, "SCHEMA-UNKNOWN-KEY",
-                                      f"unknown key '{key}' in {_where(pointer)}{hint}"))
+                out.append(
+                    Diagnostic(
+                        doc.path,
+                        line,
+                        col,
+                        ERROR,
+                        "SCHEMA-UNKNOWN-KEY",
+                        f"unknown key '{key}' in {_where(pointer)}{hint}",
+                    )
+                )
             continue
         if "propertyNames" in error.schema_path:  # the error is about a key of the mapping at pointer
             line, col = doc.where((*pointer, error.instance), key=True)
-            out.append(Diagnostic(doc.path, line, col, ERROR, "SCHEMA-FORMAT",
-                                  f"key {error.instance!r} in {_where(pointer)} must be lower_snake_case"))
+            out.append(
+                Diagnostic(
+                    doc.path,
+                    line,
+                    col,
+                    ERROR,
+                    "SCHEMA-FORMAT",
+                    f"key {error.instance!r} in {_where(pointer)} must be lower_snake_case",
+                )
+            )
             continue
         line, col = doc.where(pointer)
         if kind == "required":  # at the key that opens the mapping, not at its first entry
             line, col = doc.where(pointer, key=True)
             missing = [k for k in error.validator_value if k not in error.instance]
             for key in missing:
-                out.append(Diagnostic(doc.path, line, col, ERROR, "SCHEMA-REQUIRED",
-                                      f"missing required field '{key}' in {_where(pointer)}"))
+                out.append(
+                    Diagnostic(
+                        doc.path,
+                        line,
+                        col,
+                        ERROR,
+                        "SCHEMA-REQUIRED",
+                        f"missing required field '{key}' in {_where(pointer)}",
+                    )
+                )
             continue
         blank = isinstance(error.instance, str) and not error.instance.strip()
         if kind in ("minLength", "minItems", "minProperties") or (kind == "pattern" and blank):
             rule, message = "SCHEMA-EMPTY", f"{_where(pointer)} is empty: it needs a value"
         elif kind == "type":
             rule = "SCHEMA-TYPE"
-            message = f"{_where(pointer)} must be {_article(error.validator_value)}, not {_kind(error.instance)}"
+            message = (
+                f"{_where(pointer)} must be {_article(error.validator_value)}, not {_kind(error.instance)}"
+            )
         elif kind == "enum":
             choices = ", ".join(map(str, error.validator_value))
-            rule, message = "SCHEMA-VALUE", f"{_where(pointer)} is {error.instance!r}: choose one of {choices}"
+            rule, message = (
+                "SCHEMA-VALUE",
+                f"{_where(pointer)} is {error.instance!r}: choose one of {choices}",
+            )
         elif kind == "pattern":
             rule, message = "SCHEMA-FORMAT", _pattern_message(pointer, error)
         else:
@@ -81,7 +113,7 @@ def schema_diagnostics(doc: Document) -> list[Diagnostic]:
 def _pattern_message(pointer: tuple[Any, ...], error: jsonschema.ValidationError) -> str:
     field = pointer[-1] if pointer else ""
     examples = {
-        "version": "a semantic version such as \"1.0.0\" (quoted)",
+        "version": 'a semantic version such as "1.0.0" (quoted)',
         "id": "an upper-case ID such as F-DISTILL-KDSTEP-001",
         "binding": "a dotted module path such as bindings.kd",
     }
@@ -94,8 +126,15 @@ def _pattern_message(pointer: tuple[Any, ...], error: jsonschema.ValidationError
 def _article(kind: Any) -> str:
     if isinstance(kind, list):
         return " or ".join(_article(k) for k in kind)
-    return {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
-            "number": "a number", "boolean": "true or false", "null": "null"}.get(kind, str(kind))
+    return {
+        "object": "a mapping",
+        "array": "a list",
+        "string": "a string",
+        "integer": "an integer",
+        "number": "a number",
+        "boolean": "true or false",
+        "null": "null",
+    }.get(kind, str(kind))
 
 
 def _kind(value: Any) -> str:

@@ -92,7 +92,9 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise UsageError(f"{raw}: no such file or directory (run from the project root, or name the contracts)")
+            raise UsageError(
+                f"{raw}: no such file or directory (run from the project root, or name the contracts)"
+            )
     return files
 
 
@@ -123,8 +125,11 @@ def validate(paths: Iterable[str | Path], *, generated_dir: Path | None = None) 
 
         for path, problem in stale_files(result.contracts, generated_dir):
             rule = "GENERATED-MISSING" if problem == "missing" else "GENERATED-STALE"
-            what = {"missing": "is missing", "stale": "does not match its contract",
-                    "orphan": "was generated from a contract that no longer exists"}[problem]
+            what = {
+                "missing": "is missing",
+                "stale": "does not match its contract",
+                "orphan": "was generated from a contract that no longer exists",
+            }[problem]
             result.diagnostics.append(
                 Diagnostic(_display(path), 0, 0, ERROR, rule, f"{what}: run `python -m spec generate`")
             )
@@ -132,8 +137,16 @@ def validate(paths: Iterable[str | Path], *, generated_dir: Path | None = None) 
     return result
 
 
-def _add(result: Validation, contract: Contract, pointer: tuple[Any, ...], rule: str, message: str,
-         severity: str = ERROR, *, key: bool = False) -> None:
+def _add(
+    result: Validation,
+    contract: Contract,
+    pointer: tuple[Any, ...],
+    rule: str,
+    message: str,
+    severity: str = ERROR,
+    *,
+    key: bool = False,
+) -> None:
     line, col = contract.doc.where(pointer, key=key)
     result.diagnostics.append(Diagnostic(contract.doc.path, line, col, severity, rule, message))
 
@@ -147,28 +160,50 @@ def _cross_contract_rules(result: Validation) -> None:
                 continue
             if f.id in seen:
                 other, line = seen[f.id]
-                _add(result, contract, ("falsification_tests", f.index, "id"), "ID-DUPLICATE",
-                     f"falsifier ID {f.id} is already used in {other.doc.path}:{line}: IDs are unique across contracts")
+                _add(
+                    result,
+                    contract,
+                    ("falsification_tests", f.index, "id"),
+                    "ID-DUPLICATE",
+                    f"falsifier ID {f.id} is already used in {other.doc.path}:{line}: IDs are unique across contracts",
+                )
             else:
                 seen[f.id] = (contract, contract.doc.where(("falsification_tests", f.index, "id"))[0])
-        for i, dep in enumerate(contract.metadata.get("depends_on") or []):
+        deps = contract.metadata.get("depends_on")
+        for i, dep in enumerate(deps if isinstance(deps, list) else []):  # not a list: a schema error
             if isinstance(dep, str) and dep not in names:
                 hint = checklang.did_you_mean(dep, names)
-                _add(result, contract, ("metadata", "depends_on", i), "DEPENDS-MISSING",
-                     f"depends_on names '{dep}', but no contract file {dep}.yaml is being validated{hint}")
+                _add(
+                    result,
+                    contract,
+                    ("metadata", "depends_on", i),
+                    "DEPENDS-MISSING",
+                    f"depends_on names '{dep}', but no contract file {dep}.yaml is being validated{hint}",
+                )
 
 
 def _contract_rules(contract: Contract, result: Validation) -> None:
     if "qa_gate" not in contract.data:
-        _add(result, contract, (), "QA-GATE-MISSING",
-             "the contract has no qa_gate: add one naming its pass criteria", WARNING)
+        _add(
+            result,
+            contract,
+            (),
+            "QA-GATE-MISSING",
+            "the contract has no qa_gate: add one naming its pass criteria",
+            WARNING,
+        )
     binding = _binding(contract, result)
     for f in contract.falsifiers:
         where = ("falsification_tests", f.index)
         if f.check is None:
             if "check" not in contract.data["falsification_tests"][f.index]:
-                _add(result, contract, where, "CHECK-MISSING",
-                     f"falsifier {f.id or f.index} has no check: every falsifier carries an executable check")
+                _add(
+                    result,
+                    contract,
+                    where,
+                    "CHECK-MISSING",
+                    f"falsifier {f.id or f.index} has no check: every falsifier carries an executable check",
+                )
             continue
         if binding is not None:
             _check_rules(contract, f, binding, result)
@@ -197,30 +232,49 @@ def _check_rules(contract: Contract, f: FalsifierSpec, binding: Binding, result:
 
     for dtype in check.dtypes:
         if dtype not in binding.dtypes:
-            add(("dtypes",), "CHECK-DTYPE", f"dtype {dtype} is not one the binding supports ({', '.join(binding.dtypes)})")
+            add(
+                ("dtypes",),
+                "CHECK-DTYPE",
+                f"dtype {dtype} is not one the binding supports ({', '.join(binding.dtypes)})",
+            )
     records: dict[str, tuple[str, ...]] = {}
     plain: set[str] = set()
     for var, (strategy_name, params) in check.given.items():
         strategy = binding.strategies.get(strategy_name)
         if strategy is None:
             hint = checklang.did_you_mean(strategy_name, binding.strategies)
-            add(("given", var), "CHECK-UNKNOWN-STRATEGY", f"'{var}' draws from unknown strategy '{strategy_name}'{hint}")
+            add(
+                ("given", var),
+                "CHECK-UNKNOWN-STRATEGY",
+                f"'{var}' draws from unknown strategy '{strategy_name}'{hint}",
+            )
             plain.add(var)
             continue
         for param in params:
             if param not in strategy.params:
                 hint = checklang.did_you_mean(param, strategy.params) or (
-                    f" (it takes: {', '.join(strategy.params) or 'nothing'})")
-                add(("given", var, "with", param), "CHECK-STRATEGY-ARG",
-                    f"strategy '{strategy_name}' takes no parameter '{param}'{hint}")
+                    f" (it takes: {', '.join(strategy.params) or 'nothing'})"
+                )
+                add(
+                    ("given", var, "with", param),
+                    "CHECK-STRATEGY-ARG",
+                    f"strategy '{strategy_name}' takes no parameter '{param}'{hint}",
+                )
         if strategy.fields:
             records[var] = strategy.fields
         else:
             plain.add(var)
     subject = set(binding.subject_namespaces)
-    namespaces = {k: v for k, v in binding.namespace_attributes.items() if check.scope == "per_backend" or k not in subject}
-    unavailable = {k: "stands for the backend under test: it is only available when scope is per_backend"
-                   for k in subject if check.scope != "per_backend"}
+    namespaces = {
+        k: v
+        for k, v in binding.namespace_attributes.items()
+        if check.scope == "per_backend" or k not in subject
+    }
+    unavailable = {
+        k: "stands for the backend under test: it is only available when scope is per_backend"
+        for k in subject
+        if check.scope != "per_backend"
+    }
     names = set(binding.names) | plain
     if check.tolerance or contract.data["falsification_tests"][f.index]["check"].get("tolerance") is not None:
         names.add("tol")
@@ -229,7 +283,11 @@ def _check_rules(contract: Contract, f: FalsifierSpec, binding: Binding, result:
     declared = set(binding.names) | set(binding.namespace_attributes)
     for var in check.given:
         if var in declared or var == "tol":
-            add(("given", var), "CHECK-SHADOW", f"given variable '{var}' hides the binding's '{var}': rename it")
+            add(
+                ("given", var),
+                "CHECK-SHADOW",
+                f"given variable '{var}' hides the binding's '{var}': rename it",
+            )
     scope = checklang.Scope(names=names, namespaces=namespaces, records=records, unavailable=unavailable)
     if check.assume and not check.given:
         add(("assume",), "CHECK-SCOPE", "assume needs given variables to filter; this check draws none")
@@ -240,12 +298,16 @@ def _check_rules(contract: Contract, f: FalsifierSpec, binding: Binding, result:
         if name in declared or name in check.given or name == "tol":
             add(("let", name), "CHECK-SHADOW", f"let name '{name}' hides another name: rename it")
         scope.names.add(name)
-    _expression(add, ("expect",), check.expect, scope)
+    # a missing expect is SCHEMA-REQUIRED already: not also an "empty expression" at another line
+    _expression(add, ("expect",), contract.data["falsification_tests"][f.index]["check"].get("expect"), scope)
     if check.raises is not None and check.raises not in binding.errors:
         hint = checklang.did_you_mean(check.raises, binding.errors)
-        add(("raises",), "CHECK-UNKNOWN-ERROR",
+        add(
+            ("raises",),
+            "CHECK-UNKNOWN-ERROR",
             f"raises names '{check.raises}', which the binding does not declare "
-            f"(declared: {', '.join(binding.errors) or 'none'}){hint}")
+            f"(declared: {', '.join(binding.errors) or 'none'}){hint}",
+        )
     if check.match is not None:
         if check.raises is None:
             add(("match",), "CHECK-MATCH", "match is only meaningful with raises")
@@ -257,6 +319,8 @@ def _check_rules(contract: Contract, f: FalsifierSpec, binding: Binding, result:
 
 
 def _expression(add: Any, pointer: tuple[Any, ...], expr: str, scope: checklang.Scope) -> None:
+    if not isinstance(expr, str):  # missing or not a string: the schema reports it
+        return
     for problem in checklang.problems(expr, scope):
         add(pointer, problem.rule, f"{problem.message} (at column {problem.col} of `{_short(expr)}`)")
 
@@ -277,10 +341,17 @@ def _tolerance_rules(contract: Contract, f: FalsifierSpec, add: Any) -> None:
         pointer = ("tolerance", dtype) if dtype is not None else ("tolerance",)
         label = f"tolerance for {dtype}" if dtype is not None else "tolerance"
         if dtype is not None and dtype not in ("float64", "float32", "bfloat16"):
-            add(pointer, "TOLERANCE-INVALID", f"{label}: '{dtype}' is not a dtype (float64, float32, bfloat16)")
+            add(
+                pointer,
+                "TOLERANCE-INVALID",
+                f"{label}: '{dtype}' is not a dtype (float64, float32, bfloat16)",
+            )
         elif isinstance(value, str):
-            add(pointer, "TOLERANCE-INVALID",
-                f"{label} is the string {value!r}: YAML reads 1e-6 as text, write it as 1.0e-6")
+            add(
+                pointer,
+                "TOLERANCE-INVALID",
+                f"{label} is the string {value!r}: YAML reads 1e-6 as text, write it as 1.0e-6",
+            )
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             add(pointer, "TOLERANCE-INVALID", f"{label} must be a positive finite number, not {value!r}")
         elif not math.isfinite(value) or value <= 0:
@@ -288,7 +359,15 @@ def _tolerance_rules(contract: Contract, f: FalsifierSpec, add: Any) -> None:
     if isinstance(raw, dict):
         for dtype in check.dtypes:
             if dtype not in raw:
-                add(("tolerance",), "TOLERANCE-INVALID", f"the check runs in {dtype} but declares no tolerance for it")
+                add(
+                    ("tolerance",),
+                    "TOLERANCE-INVALID",
+                    f"the check runs in {dtype} but declares no tolerance for it",
+                )
         if any(d != "float64" for d in raw) and not check.tolerance_reason:
-            add(("tolerance",), "TOLERANCE-REASON",
-                "float32/bfloat16 tolerances need a tolerance_reason saying where the error comes from", WARNING)
+            add(
+                ("tolerance",),
+                "TOLERANCE-REASON",
+                "float32/bfloat16 tolerances need a tolerance_reason saying where the error comes from",
+                WARNING,
+            )

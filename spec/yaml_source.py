@@ -84,7 +84,10 @@ def load(path: str | Path, display: str | None = None) -> Document:
         raise _error(shown, 0, 0, "FILE-UNREADABLE", f"cannot read the file: {exc.strerror or exc}") from None
     if len(raw) > MAX_BYTES:
         raise _error(
-            shown, 0, 0, "YAML-TOO-LARGE",
+            shown,
+            0,
+            0,
+            "YAML-TOO-LARGE",
             f"the file is {len(raw)} bytes, over the {MAX_BYTES}-byte limit for a contract: split it",
         )
     try:
@@ -93,7 +96,10 @@ def load(path: str | Path, display: str | None = None) -> Document:
         line = raw[: exc.start].count(b"\n") + 1
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise _error(
-            shown, line, col, "FILE-ENCODING",
+            shown,
+            line,
+            col,
+            "FILE-ENCODING",
             f"byte 0x{raw[exc.start]:02x} is not UTF-8: save the file as UTF-8",
         ) from None
     if text.startswith("\ufeff"):
@@ -113,7 +119,10 @@ def load(path: str | Path, display: str | None = None) -> Document:
         raise _error(shown, 0, 0, "YAML-SYNTAX", f"YAML syntax error: {exc}") from None
     except RecursionError:  # the composer recurses once per level: [[[[...]]]] thousands deep
         raise _error(
-            shown, 0, 0, "YAML-TOO-LARGE",
+            shown,
+            0,
+            0,
+            "YAML-TOO-LARGE",
             f"the document nests too deeply to parse: a contract nests at most {MAX_DEPTH} levels",
         ) from None
     if root is None:
@@ -130,7 +139,10 @@ def load(path: str | Path, display: str | None = None) -> Document:
         line, col = doc.where(())
         kind = type(doc.data).__name__ if doc.data is not None else "null"
         raise _error(
-            shown, line, col, "FILE-NOT-MAPPING",
+            shown,
+            line,
+            col,
+            "FILE-NOT-MAPPING",
             f"the top level is a {kind}, not a mapping: a contract starts with keys such as metadata:",
         )
     return doc
@@ -147,20 +159,29 @@ class _Builder:
 
     def _fail(self, node: yaml.Node, rule: str, message: str) -> None:
         self.errors.append(
-            Diagnostic(self.doc.path, node.start_mark.line + 1, node.start_mark.column + 1, ERROR, rule, message)
+            Diagnostic(
+                self.doc.path, node.start_mark.line + 1, node.start_mark.column + 1, ERROR, rule, message
+            )
         )
 
     def build(self, node: yaml.Node, pointer: Pointer, depth: int) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES or depth > MAX_DEPTH:
-            what = f"more than {MAX_NODES} nodes" if self.nodes > MAX_NODES else f"nesting deeper than {MAX_DEPTH}"
-            self._fail(node, "YAML-TOO-LARGE", f"the document expands to {what} (an alias bomb?): remove the aliases")
+            what = (
+                f"more than {MAX_NODES} nodes"
+                if self.nodes > MAX_NODES
+                else f"nesting deeper than {MAX_DEPTH}"
+            )
+            self._fail(
+                node, "YAML-TOO-LARGE", f"the document expands to {what} (an alias bomb?): remove the aliases"
+            )
             raise _Abort
         self.doc.values.setdefault(pointer, (node.start_mark.line + 1, node.start_mark.column + 1))
         if node.tag not in _PLAIN_TAGS:
             shown_tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             self._fail(
-                node, "YAML-UNSAFE-TAG",
+                node,
+                "YAML-UNSAFE-TAG",
                 f"tag '{shown_tag}' is not allowed: contracts hold plain strings, numbers, lists and mappings",
             )
             return None
@@ -177,17 +198,22 @@ class _Builder:
         first: dict[Any, int] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                self._fail(key_node, "YAML-UNSAFE-TAG", "merge keys ('<<') are not supported: write the keys out")
+                self._fail(
+                    key_node, "YAML-UNSAFE-TAG", "merge keys ('<<') are not supported: write the keys out"
+                )
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
-                self._fail(key_node, "YAML-SYNTAX", "a mapping key must be a plain scalar, not a list or mapping")
+                self._fail(
+                    key_node, "YAML-SYNTAX", "a mapping key must be a plain scalar, not a list or mapping"
+                )
                 continue
             key = self.build(key_node, (*pointer, "<key>"), depth + 1)
-            if isinstance(key, (dict, list)) or key is None and key_node.tag != "tag:yaml.org,2002:null":
+            if isinstance(key, (dict, list)) or (key is None and key_node.tag != "tag:yaml.org,2002:null"):
                 continue
             if key in first:
                 self._fail(
-                    key_node, "YAML-DUPLICATE-KEY",
+                    key_node,
+                    "YAML-DUPLICATE-KEY",
                     f"duplicate key '{key}' (first at line {first[key]}): keep one of them",
                 )
                 continue
@@ -202,7 +228,9 @@ class _Abort(Exception):
     pass
 
 
-def load_or_diagnostics(path: str | Path, display: str | None = None) -> tuple[Document | None, list[Diagnostic]]:
+def load_or_diagnostics(
+    path: str | Path, display: str | None = None
+) -> tuple[Document | None, list[Diagnostic]]:
     """Like :func:`load`, but returns the diagnostics instead of raising."""
     try:
         return load(path, display), []
