@@ -449,13 +449,9 @@ class CupyBackend:
         reduction: str = "mean",
     ) -> Any:
         """``alpha * CE + (1 - alpha) * T^2 * KL`` per row (one kernel), then reduced."""
-        call = self._kd_call(
-            student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
-        )
+        call = self._kd_call(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction)
         xp = call.xp
-        result = self._reduce(
-            xp, call.stats[K.STAT_LOSS], call.valid_count, call.reduction, call.labels_shape
-        )
+        result = self._reduce(xp, call.stats[K.STAT_LOSS], call.valid_count, call.reduction, call.labels_shape)
         return xp.asarray(result).astype(call.loss_dtype, copy=False)
 
     def kd_logit_gradient(
@@ -471,9 +467,7 @@ class CupyBackend:
     ) -> Any:
         """``alpha (softmax(s) - e_y) + (1 - alpha) T (softmax(s/T) - softmax(t/T))``: row kernel, then one
         elementwise pass; 0 on ignored rows, divided on the device by #valid rows for ``mean``."""
-        call = self._kd_call(
-            student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
-        )
+        call = self._kd_call(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction)
         xp, compute = call.xp, call.compute
         scale = xp.ones(1, dtype=compute)
         if call.reduction == "mean":

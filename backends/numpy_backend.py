@@ -38,8 +38,7 @@ class NumpyBackend:
         """``array`` as a numpy array of ``dtype`` (``float64``, ``float32`` or ``int64``)."""
         if dtype not in _DTYPES:
             raise ValueError(
-                f"numpy backend cannot make arrays of dtype {dtype!r}: supported are "
-                f"{', '.join(map(repr, _DTYPES))}"
+                f"numpy backend cannot make arrays of dtype {dtype!r}: supported are {', '.join(map(repr, _DTYPES))}"
             )
         return np.asarray(array, dtype=_DTYPES[dtype])
 

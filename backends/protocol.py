@@ -138,9 +138,7 @@ class Backend(Protocol):
 
     def log_softmax(self, logits: Any, temperature: float = 1.0) -> Any: ...
 
-    def cross_entropy(
-        self, logits: Any, labels: Any, *, ignore_index: int = -100, reduction: str = "mean"
-    ) -> Any: ...
+    def cross_entropy(self, logits: Any, labels: Any, *, ignore_index: int = -100, reduction: str = "mean") -> Any: ...
 
     def kl_divergence(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any: ...
 
@@ -199,7 +197,6 @@ def conformance_problems(candidate: object) -> list[str]:
             or any(not isinstance(d, str) or d not in FLOAT_DTYPES for d in dtypes)
         ):
             problems.append(
-                f"dtypes must be a non-empty tuple drawn from {', '.join(map(repr, FLOAT_DTYPES))}, "
-                f"got {dtypes!r}"
+                f"dtypes must be a non-empty tuple drawn from {', '.join(map(repr, FLOAT_DTYPES))}, got {dtypes!r}"
             )
     return problems

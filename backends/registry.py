@@ -108,8 +108,7 @@ def _load_target(target: str, label: str) -> Any:
             obj = obj()
         except Exception as error:
             raise BackendError(
-                f"backend {label!r}: the factory {module_name}:{attribute} failed: "
-                f"{type(error).__name__}: {error}"
+                f"backend {label!r}: the factory {module_name}:{attribute} failed: {type(error).__name__}: {error}"
             ) from error
     problems = conformance_problems(obj)
     if problems:
@@ -128,9 +127,7 @@ def get(name: str) -> Backend:
     :meth:`Backend.available`; :func:`select` does.
     """
     if not isinstance(name, str) or not name.strip():
-        raise BackendError(
-            f"backend name must be a non-empty string, got {name!r}; known: {', '.join(known())}"
-        )
+        raise BackendError(f"backend name must be a non-empty string, got {name!r}; known: {', '.join(known())}")
     name = name.strip()
     if name in _cache:
         return _cache[name]

@@ -63,6 +63,7 @@ class TorchBackend:
             raise ValueError(f"TorchBackend device must be 'cpu' or 'cuda', got {device!r}")
         self.device = device
         self.name = "torch" if device == "cpu" else "torch-cuda"
+        self._availability: Availability | None = None
 
     def __repr__(self) -> str:
         return f"<backend {self.name} on {self.device}>"
@@ -72,7 +73,12 @@ class TorchBackend:
     # ----------------------------------------------------------------------------------------------------
 
     def available(self) -> Availability:
-        """Whether torch (and, for ``torch-cuda``, a CUDA device) is usable here. Never raises."""
+        """Whether torch (and, for ``torch-cuda``, a CUDA device) is usable here. Never raises; cached."""
+        if self._availability is None:
+            self._availability = self._probe()
+        return self._availability
+
+    def _probe(self) -> Availability:
         try:
             import torch
         except ImportError:
@@ -183,6 +189,10 @@ class TorchBackend:
         if labels is not None:
             y, vocab, ignore_index = labels
             checks.check_labels(y.detach().cpu().numpy(), vocab, ignore_index)
+        raise RuntimeError(
+            "the torch value checks flagged inputs that the reference checks accept: this is a defect in "
+            "backends/torch_backend.py"
+        )
 
     @staticmethod
     def _compute_dtype(torch: Any, *tensors: torch.Tensor) -> tuple[Any, Any]:
@@ -266,9 +276,7 @@ class TorchBackend:
         ce = _cross_entropy_rows(torch, torch.log_softmax(s.to(compute), dim=-1), y, valid)
         return _reduce(torch, ce, valid, reduction).to(out)
 
-    def kl_divergence(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0
-    ) -> torch.Tensor:
+    def kl_divergence(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> torch.Tensor:
         """Per-row ``KL(softmax(t/T) || softmax(s/T))``, shape ``student_logits.shape[:-1]``."""
         temperature = checks.check_temperature(temperature)
         torch = self._torch()
@@ -338,9 +346,7 @@ def _weighted(torch: Any, weight: float, term: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(term) if weight == 0.0 else weight * term
 
 
-def _cross_entropy_rows(
-    torch: Any, log_q: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
-) -> torch.Tensor:
+def _cross_entropy_rows(torch: Any, log_q: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``-log_q[y]`` on valid rows, 0 on ignored ones (their label is replaced by column 0 to gather)."""
     picked = log_q.gather(-1, torch.where(valid, y, 0).unsqueeze(-1).to(torch.int64)).squeeze(-1)
     return torch.where(valid, -picked, torch.zeros_like(picked))

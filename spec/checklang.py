@@ -101,7 +101,9 @@ class Scope:
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    if not isinstance(word, str):  # a number where a name belongs (a schema error already)
+        return ""
+    close = difflib.get_close_matches(word, sorted({c for c in choices if isinstance(c, str)}), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

@@ -34,7 +34,7 @@ class CheckSpec:
             if isinstance(spec, str):
                 given[var] = (spec, {})
             else:
-                given[var] = (spec.get("strategy", ""), dict(spec.get("with") or {}))
+                given[var] = (str(spec.get("strategy", "")), dict(spec.get("with") or {}))
         # A field of the wrong type has a schema error already; read it as absent rather than dropping
         # the whole check (a string tolerance must not silence every other rule of the falsifier).
         dtypes = tuple(_list(data.get("dtypes")) or ("float64",))
@@ -47,8 +47,8 @@ class CheckSpec:
             given=given,
             assume=tuple(_list(data.get("assume"))),
             let=tuple((data.get("let") or {}).items()),
-            raises=data.get("raises"),
-            match=data.get("match"),
+            raises=_str(data.get("raises")),
+            match=_str(data.get("match")),
             tolerance={k: float(v) for k, v in tolerance.items() if _is_number(v)},
             tolerance_reason=data.get("tolerance_reason"),
             max_examples=data.get("max_examples"),
@@ -57,6 +57,10 @@ class CheckSpec:
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _is_number(value: Any) -> bool:

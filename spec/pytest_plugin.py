@@ -33,7 +33,10 @@ class FalsifierPlugin:
 
     @staticmethod
     def add_options(parser: pytest.Parser) -> None:
+        """Add ``--backend``; a no-op when a conftest closer to the root already added it."""
         group = parser.getgroup("falsifiers", "contract falsifiers")
+        if any("--backend" in option.names() for option in group.options):
+            return
         group.addoption(
             "--backend",
             default=None,

@@ -154,9 +154,7 @@ def test_known_import_and_get_do_not_import_torch_or_cupy():
         print(names[:4], 'torch' in sys.modules, 'cupy' in sys.modules)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == f"{BUILTINS} False False"
 
 
@@ -219,9 +217,7 @@ def test_get_accepts_a_class_or_a_zero_argument_factory_and_caches_the_object():
 
 
 def test_get_failing_factory_is_reported():
-    with pytest.raises(
-        BackendError, match=r"the factory tests\.test_backends:FAILING_FACTORY failed: RuntimeError"
-    ):
+    with pytest.raises(BackendError, match=r"the factory tests\.test_backends:FAILING_FACTORY failed: RuntimeError"):
         backends.get("tests.test_backends:FAILING_FACTORY")
 
 
@@ -279,9 +275,7 @@ def test_select_cuda_selects_the_cuda_backends_or_raises_with_the_reason():
     if all(_available(name) for name in cuda):
         assert backends.select("cuda").names == cuda
     else:
-        with pytest.raises(
-            BackendError, match=r"\(selected by 'cuda'\) cannot run here: .*(CUDA|not installed)"
-        ):
+        with pytest.raises(BackendError, match=r"\(selected by 'cuda'\) cannot run here: .*(CUDA|not installed)"):
             backends.select("cuda")
 
 
@@ -298,9 +292,7 @@ def test_select_an_unavailable_backend_by_name_is_an_error_not_a_skip(name):
 def test_select_reports_unavailable_and_raising_plugins():
     with pytest.raises(BackendError, match="cannot run here: the frobnicator is not installed"):
         backends.select("tests.test_backends:UNAVAILABLE")
-    with pytest.raises(
-        BackendError, match=r"cannot run here: available\(\) raised RuntimeError: probe exploded"
-    ):
+    with pytest.raises(BackendError, match=r"cannot run here: available\(\) raised RuntimeError: probe exploded"):
         backends.select("tests.test_backends:RAISING")
 
 
@@ -375,18 +367,14 @@ def test_good_port_agrees_with_the_reference(seed, reduction):
     s, t, y = _batch(seed)
     for temperature, alpha in [(1.0, 0.5), (2.0, 0.4), (0.5, 0.0), (3.0, 1.0)]:
         kw = {"temperature": temperature, "alpha": alpha, "reduction": reduction}
-        np.testing.assert_allclose(
-            good.kd_loss(s, t, y, **kw), kd.kd_loss(s, t, y, **kw), rtol=1e-12, atol=1e-12
-        )
+        np.testing.assert_allclose(good.kd_loss(s, t, y, **kw), kd.kd_loss(s, t, y, **kw), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(
             good.kd_logit_gradient(s, t, y, **kw), kd.kd_logit_gradient(s, t, y, **kw), rtol=1e-12, atol=1e-12
         )
     np.testing.assert_allclose(
         good.cross_entropy(s, y, reduction=reduction), kd.cross_entropy(s, y, reduction=reduction)
     )
-    np.testing.assert_allclose(
-        good.kl_divergence(s, t, temperature=2.0), kd.kl_divergence(s, t, temperature=2.0)
-    )
+    np.testing.assert_allclose(good.kl_divergence(s, t, temperature=2.0), kd.kl_divergence(s, t, temperature=2.0))
     np.testing.assert_allclose(good.softmax(s, 2.0), kd.softmax(s, 2.0), atol=1e-15)
     np.testing.assert_array_equal(np.isneginf(good.log_softmax(s)), np.isneginf(kd.log_softmax(s)))
 

@@ -240,9 +240,7 @@ def test_teacher_gets_no_gradient_and_bfloat16_backward_keeps_the_dtype():
     loss.backward()
     assert S.grad.dtype == torch.bfloat16
     assert T.grad is None
-    expected = kd.kd_logit_gradient(
-        TORCH_CPU.to_numpy(S), TORCH_CPU.to_numpy(T), y, temperature=2.0, alpha=0.5
-    )
+    expected = kd.kd_logit_gradient(TORCH_CPU.to_numpy(S), TORCH_CPU.to_numpy(T), y, temperature=2.0, alpha=0.5)
     assert difference(TORCH_CPU.to_numpy(S.grad), expected) <= TOLERANCE["bfloat16"]
 
 

@@ -7,7 +7,8 @@ KD bug; so the hooks are where the math lives:
 
 * :meth:`GoodPort._log_softmax` / :meth:`GoodPort._softmax`: ``log_softmax(z / T)``, shifted by the row max;
 * :meth:`GoodPort._kd_divergence`: the divergence used *inside* kd_loss, ``KL(p_teacher || q_student)``;
-* :meth:`GoodPort._weights`: the loss weights ``(w_ce, w_kl) = (alpha, (1 - alpha) T^2)``;
+* :meth:`GoodPort._weights`: the loss weights ``(w_ce, w_kl) = (alpha, (1 - alpha) T^2)``
+  (:meth:`GoodPort._loss_weights` lets a bug change them in the loss only);
 * :meth:`GoodPort._ce_temperature`: the temperature of the CE term (1: CE is untempered);
 * :meth:`GoodPort._kd_rows_mask`: the rows the KD term is computed on (the valid ones);
 * :meth:`GoodPort._loss_mean_count` / :meth:`GoodPort._gradient_mean_count`: the ``mean`` denominators.
@@ -123,6 +124,8 @@ class GoodPort:
 
     @staticmethod
     def _pair(s: np.ndarray, t: np.ndarray) -> None:
+        if s.shape[-1] != t.shape[-1]:
+            raise ValueError(f"vocab sizes differ: student {s.shape[-1]}, teacher {t.shape[-1]}")
         if s.shape != t.shape:
             raise ValueError(f"student {s.shape} and teacher {t.shape} logits differ in shape")
 
@@ -162,8 +165,12 @@ class GoodPort:
         return self._kl(s, t, temperature)
 
     def _weights(self, alpha: float, temperature: float) -> tuple[float, float]:
-        """(weight of CE, weight of KL) in the loss."""
+        """(weight of CE, weight of KL) in the loss; the gradient is derived from the same weights."""
         return alpha, (1.0 - alpha) * temperature**2
+
+    def _loss_weights(self, alpha: float, temperature: float) -> tuple[float, float]:
+        """The weights kd_loss itself uses: :meth:`_weights` (a hook to split loss from gradient)."""
+        return self._weights(alpha, temperature)
 
     def _ce_temperature(self, temperature: float) -> float:
         """Temperature of the CE term: 1, the hard-label loss is untempered."""
@@ -201,7 +208,7 @@ class GoodPort:
         return np.float64(rows.sum() / count) if count else np.float64(0.0)
 
     def _loss_rows(self, s, t, y, valid, temperature, alpha):  # type: ignore[no-untyped-def]
-        w_ce, w_kl = self._weights(alpha, temperature)
+        w_ce, w_kl = self._loss_weights(alpha, temperature)
         ce = self._ce(s, y, valid, self._ce_temperature(temperature))
         kl = np.where(self._kd_rows_mask(valid), self._kd_divergence(s, t, temperature), 0.0)
         return self._scaled(w_ce, ce) + self._scaled(w_kl, kl)
@@ -228,9 +235,7 @@ class GoodPort:
         temperature = self._temperature(temperature)
         return self._log_softmax(self._logits("logits", logits), temperature)
 
-    def cross_entropy(
-        self, logits: Any, labels: Any, *, ignore_index: int = -100, reduction: str = "mean"
-    ) -> Any:
+    def cross_entropy(self, logits: Any, labels: Any, *, ignore_index: int = -100, reduction: str = "mean") -> Any:
         reduction = self._reduction(reduction)
         ignore_index = self._ignore_index(ignore_index)
         s = self._logits("logits", logits)
@@ -238,9 +243,7 @@ class GoodPort:
         valid = y != ignore_index
         return self._reduce(self._ce(s, y, valid, 1.0), valid, reduction)
 
-    def kl_divergence(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0
-    ) -> np.ndarray:
+    def kl_divergence(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> np.ndarray:
         temperature = self._temperature(temperature)
         s = self._logits("student_logits", student_logits)
         t = self._logits("teacher_logits", teacher_logits)
