@@ -4,8 +4,6 @@ table (contract by backend) with the largest measured error per backend beside i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 
 from spec import measure
+from spec.files import write_text_atomic
 
 ONCE = "(once)"
 
@@ -160,12 +159,4 @@ def write_report(result: Conformance, path: Path) -> None:
         if path.suffix == ".json"
         else "# Conformance\n\n" + result.table(markdown=True) + "\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
