@@ -37,7 +37,7 @@ class CheckSpec:
                 given[var] = (str(spec.get("strategy", "")), dict(spec.get("with") or {}))
         # A field of the wrong type has a schema error already; read it as absent rather than dropping
         # the whole check (a string tolerance must not silence every other rule of the falsifier).
-        dtypes = tuple(_list(data.get("dtypes")) or ("float64",))
+        dtypes = tuple(d for d in _list(data.get("dtypes")) if isinstance(d, str)) or ("float64",)
         tol = data.get("tolerance")
         tolerance = {d: tol for d in DTYPES} if _is_number(tol) else (tol if isinstance(tol, dict) else {})
         return cls(
