@@ -180,6 +180,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
         else:
             (root / name).write_bytes(content)
     assert (root / "too-large.yaml").stat().st_size > 1_000_000
+    assert b"\xe9" in (root / "not-utf8.yaml").read_bytes()
     # two at a time on purpose: each run's wall time is then its own, for test_hostile_yaml_fails_fast
     runs = run_all(((["-m", "spec", "validate", "--no-suite-check", name], root) for name in BUILT), workers=2)
     return dict(zip(BUILT, runs))
