@@ -138,7 +138,7 @@ class _Walker:
     def visit(self, node: ast.AST, local: frozenset[str]) -> None:
         if not isinstance(node, _ALLOWED):
             word = _NODE_WORDS.get(type(node), type(node).__name__)
-            self.fail(node, "CHECK-FORBIDDEN", f"{word} is not allowed in a check expression")
+            self.fail(node, "CHECK-FORBIDDEN", f"a check expression cannot use {word}")
             return
         if isinstance(node, ast.Name):
             self.name(node, local)
