@@ -138,7 +138,8 @@ class _Walker:
     def visit(self, node: ast.AST, local: frozenset[str]) -> None:
         if not isinstance(node, _ALLOWED):
             word = _NODE_WORDS.get(type(node), type(node).__name__)
-            self.fail(node, "CHECK-FORBIDDEN", f"a check expression cannot use {word}")
+            verb = "are" if word.endswith("s") else "is"
+            self.fail(node, "CHECK-FORBIDDEN", f"{word} {verb} not allowed in a check expression")
             return
         if isinstance(node, ast.Name):
             self.name(node, local)
