@@ -103,11 +103,6 @@ class KDBackends:
 
     default = "numpy"
 
-    def known(self) -> list[str]:
-        from backends import registry
-
-        return registry.known()
-
     def select(self, spec: str) -> tuple[list[Target], list[tuple[str, str]]]:
         from backends import registry
 

@@ -96,7 +96,30 @@ def _check_learning_rate(value: float) -> float:
     return rate
 
 
-class FixtureTeacher:
+class _LogitTable:
+    """A logit table ``[C, V]`` looked up by input token: the forward pass both fixtures share."""
+
+    _table: np.ndarray
+
+    def __init__(self, vocab_size: int, context_size: int | None) -> None:
+        self._vocab_size = _check_size("vocab_size", vocab_size)
+        self._context_size = _check_size("context_size", vocab_size if context_size is None else context_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def context_size(self) -> int:
+        """Number of distinct input tokens ``C`` the table conditions on."""
+        return self._context_size
+
+    def logits_for_batch(self, input_ids: np.ndarray) -> np.ndarray:
+        ids = _check_input_ids(input_ids, self._context_size, type(self).__name__)
+        return self._table[ids]
+
+
+class FixtureTeacher(_LogitTable):
     """Deterministic teacher: a fixed random logit table ``[C, V]`` with one preferred token per context.
 
     ``table = N(0, 1) noise``; then ``table[c, preferred[c]] += sharpness`` so the teacher's argmax for
@@ -111,8 +134,7 @@ class FixtureTeacher:
         seed: int = 0,
         sharpness: float = 5.0,
     ) -> None:
-        self._vocab_size = _check_size("vocab_size", vocab_size)
-        self._context_size = _check_size("context_size", vocab_size if context_size is None else context_size)
+        super().__init__(vocab_size, context_size)
         rng = np.random.default_rng(seed)
         table = rng.normal(0.0, 1.0, size=(self._context_size, self._vocab_size))
         self._preferred = rng.integers(0, self._vocab_size, size=self._context_size)
@@ -120,25 +142,12 @@ class FixtureTeacher:
         self._table = table
 
     @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def context_size(self) -> int:
-        """Number of distinct input tokens ``C`` the teacher conditions on."""
-        return self._context_size
-
-    @property
     def preferred_tokens(self) -> np.ndarray:
         """The teacher's argmax token for each context, shape ``[C]`` (a copy)."""
         return self._preferred.copy()
 
-    def logits_for_batch(self, input_ids: np.ndarray) -> np.ndarray:
-        ids = _check_input_ids(input_ids, self._context_size, "FixtureTeacher")
-        return self._table[ids]
 
-
-class FixtureStudent:
+class FixtureStudent(_LogitTable):
     """Trainable table student ``[C, V]`` with SGD on the mean KD loss.
 
     ``apply_kd_gradient(input_ids, gradient)`` performs, for every position ``(b, s)`` of the batch::
@@ -160,8 +169,7 @@ class FixtureStudent:
         learning_rate: float = 1.0,
         init_scale: float = 0.01,
     ) -> None:
-        self._vocab_size = _check_size("vocab_size", vocab_size)
-        self._context_size = _check_size("context_size", vocab_size if context_size is None else context_size)
+        super().__init__(vocab_size, context_size)
         self.learning_rate = _check_learning_rate(learning_rate)
         rng = np.random.default_rng(seed)
         self._table = rng.normal(0.0, float(init_scale), size=(self._context_size, self._vocab_size))
@@ -177,22 +185,9 @@ class FixtureStudent:
         return student
 
     @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def context_size(self) -> int:
-        """Number of distinct input tokens ``C`` the student conditions on."""
-        return self._context_size
-
-    @property
     def table(self) -> np.ndarray:
         """The logit table ``[C, V]`` (a copy)."""
         return self._table.copy()
-
-    def logits_for_batch(self, input_ids: np.ndarray) -> np.ndarray:
-        ids = _check_input_ids(input_ids, self._context_size, "FixtureStudent")
-        return self._table[ids]
 
     def apply_kd_gradient(self, input_ids: np.ndarray, gradient: np.ndarray) -> None:
         ids = _check_input_ids(input_ids, self._context_size, "FixtureStudent")
@@ -202,8 +197,7 @@ class FixtureStudent:
             return
         if grad.shape != expected:
             raise ValueError(
-                f"FixtureStudent: gradient must have shape {expected} to match input_ids {ids.shape}, "
-                f"got {grad.shape}"
+                f"FixtureStudent: gradient must have shape {expected} to match input_ids {ids.shape}, got {grad.shape}"
             )
         if not np.all(np.isfinite(grad)):
             raise ValueError("FixtureStudent: gradient holds NaN or infinite values; refusing to apply it")

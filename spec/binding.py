@@ -20,7 +20,7 @@ import importlib
 import inspect
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -53,10 +53,6 @@ class BackendCatalog(Protocol):
 
     default: str
 
-    def known(self) -> list[str]:
-        """Every backend name that can be asked for (without loading any)."""
-        ...
-
     def select(self, spec: str) -> tuple[list[Target], list[tuple[str, str]]]:
         """Resolve a comma-separated ``--backend`` value into targets and (name, reason) left out.
         Raises ``LookupError`` with a sentence for unknown names or explicitly named backends that
@@ -80,7 +76,6 @@ class Binding:
     subject_namespaces: tuple[str, ...] = ("kd",)
     dtypes: tuple[str, ...] = ("float64", "float32", "bfloat16")
     default_dtype: str = "float64"
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

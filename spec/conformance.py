@@ -77,13 +77,10 @@ class Conformance:
             if not labels:
                 lines.append(f"{bullet}{backend}: no measured comparison ran")
             for label in labels:
-                w = self.worst[label]
                 name = label if label != backend else f"{backend}-float64"
-                lines.append(
-                    f"{bullet}{name}: {w['error']:.3e} (tolerance {w['tolerance']:.1e}) in {w['test']}"
-                )
+                lines.append(f"{bullet}{name}: {measure.describe(self.worst[label])}")
         for name, reason in self.left_out:
-            lines.append(f"{'- ' if markdown else '  '}not run: {name}: {reason}")
+            lines.append(f"{bullet}not run: {name}: {reason}")
         verdict = "PASS" if self.ok else "FAIL"
         lines.append("")
         lines.append(f"Conformance: {verdict}" + (f" ({len(self.failures)} failed)" if self.failures else ""))
@@ -109,7 +106,7 @@ class _Collector:
         if report.when != "call" and not (report.skipped or report.failed):
             return
         contract = self.contract_of.get(report.nodeid, report.nodeid.split("::")[0])
-        label = report.nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in report.nodeid else ONCE
+        label = measure.subject_label(report.nodeid, ONCE)
         backend = label
         for b in self.result.backends:
             if label == b or label.startswith(f"{b}-float") or label.startswith(f"{b}-bfloat"):
@@ -124,14 +121,8 @@ class _Collector:
             cell.skipped += 1
         props = dict(report.user_properties)
         if "measured_error" in props:
-            err, tol = props["measured_error"], props["tolerance"]
-            prev = self.result.worst.get(label)
-            if prev is None or measure.ratio(err, tol) > measure.ratio(prev["error"], prev["tolerance"]):
-                self.result.worst[label] = {
-                    "error": err,
-                    "tolerance": tol,
-                    "test": report.nodeid.split("::")[-1],
-                }
+            measure.keep_worst(self.result.worst, label, props["measured_error"], props["tolerance"],
+                               report.nodeid.split("::")[-1])
 
 
 def run_suite(suite_dir: Path, backend: str | None, extra_args: list[str] | None = None) -> Conformance:

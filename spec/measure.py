@@ -24,6 +24,23 @@ def ratio(error: float, tolerance: float) -> float:
     return 0.0 if error == 0 else math.inf
 
 
+def subject_label(nodeid: str, once: str = "(once)") -> str:
+    """The subject a test ran on, from its pytest node ID: ``torch-float32`` in ``test_X[torch-float32]``."""
+    return nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in nodeid else once
+
+
+def keep_worst(worst: dict[str, dict[str, float | str]], label: str, error: float, tolerance: float, test: str) -> None:
+    """Keep in ``worst[label]`` the measurement closest to (or furthest past) its tolerance."""
+    prev = worst.get(label)
+    if prev is None or ratio(error, tolerance) > ratio(float(prev["error"]), float(prev["tolerance"])):
+        worst[label] = {"error": error, "tolerance": tolerance, "test": test}
+
+
+def describe(worst: dict[str, float | str]) -> str:
+    """``1.234e-15 (tolerance 1.0e-06) in test_X[torch]``."""
+    return f"{float(worst['error']):.3e} (tolerance {float(worst['tolerance']):.1e}) in {worst['test']}"
+
+
 def drain() -> tuple[float, float] | None:
     """The record with the largest error/tolerance ratio since the last drain, and clear them all."""
     if not _records:

@@ -91,16 +91,13 @@ class FalsifierPlugin:
             report.longrepr = str(call.excinfo.value)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        worst: dict[str, tuple[float, float, str]] = {}
+        worst: dict[str, dict[str, Any]] = {}
         for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
             props = dict(report.user_properties)
-            if "measured_error" not in props:
-                continue
-            label = report.nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in report.nodeid else "once"
-            err, tol = props["measured_error"], props["tolerance"]
-            if label not in worst or measure.ratio(err, tol) > measure.ratio(*worst[label][:2]):
-                worst[label] = (err, tol, report.nodeid.split("::")[-1])
+            if "measured_error" in props:
+                measure.keep_worst(worst, measure.subject_label(report.nodeid), props["measured_error"],
+                                   props["tolerance"], report.nodeid.split("::")[-1])
         if worst:
             terminalreporter.section("largest measured error per backend")
-            for label, (err, tol, test) in sorted(worst.items()):
-                terminalreporter.write_line(f"{label:>20}: {err:.3e} (tolerance {tol:.1e}) in {test}")
+            for label, w in sorted(worst.items()):
+                terminalreporter.write_line(f"{label:>20}: {measure.describe(w)}")
