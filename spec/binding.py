@@ -1,7 +1,12 @@
 """The binding: the one place a domain's vocabulary enters the harness.
 
-Contracts name a binding module in ``metadata.binding`` (for example ``bindings.kd``); the module holds a
-:class:`Binding` called ``BINDING``. The harness imports it by name and never imports domain code itself.
+Contracts name a binding in ``metadata.binding`` (for example ``bindings.kd``). The name is looked up in a
+registry, never imported as a module: a contract is only data, so it can choose among the bindings the
+operator installed, and nothing else. A binding is registered as an entry point in the group
+``kd_contracts.bindings`` (``bindings.kd = "bindings.kd:BINDING"`` in ``pyproject.toml``); the project's own
+bindings are also listed in :data:`BUILTINS`, for a source tree that was never installed; and an operator can
+register more for one run with ``KD_CONTRACTS_BINDINGS=name=package.module:attribute[,...]`` (their own code,
+like ``--backend package.module:attribute``). Any other name is an error that lists the registered ones.
 
 A binding declares
 
@@ -18,10 +23,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 
@@ -78,26 +85,57 @@ class Binding:
     default_dtype: str = "float64"
 
 
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+GROUP = "kd_contracts.bindings"
+"""The entry-point group bindings are registered in."""
+
+BUILTINS: dict[str, str] = {"bindings.kd": "bindings.kd:BINDING"}
+"""The project's own bindings and their targets (as ``pyproject.toml`` registers them), used when the
+installed metadata does not list them; an installed entry point of the same name wins."""
+
+ENVIRONMENT = "KD_CONTRACTS_BINDINGS"
+"""Extra bindings the operator registers for one run: ``name=package.module:attribute``, comma-separated."""
+
+_TARGET = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
 class BindingError(Exception):
     """The binding named by a contract cannot be used; the message says why."""
 
 
-def load_binding(module_name: str) -> Binding:
-    """Import ``module_name`` and return its ``BINDING``."""
-    if not isinstance(module_name, str) or not _MODULE.match(module_name):  # '.kd' would be a relative import
-        raise BindingError(f"binding {module_name!r} is not a dotted module path such as bindings.kd")
+def registered() -> dict[str, str]:
+    """Every registered binding name -> its ``package.module:attribute`` target."""
+    found = dict(BUILTINS)
+    try:
+        found.update({ep.name: ep.value for ep in entry_points(group=GROUP)})
+    except Exception:  # broken metadata of some other distribution: the built-ins still work
+        pass
+    for item in filter(None, (part.strip() for part in os.environ.get(ENVIRONMENT, "").split(","))):
+        name, sep, target = item.partition("=")
+        if not sep or not _TARGET.match(target.strip()):
+            raise BindingError(
+                f"{ENVIRONMENT}: {item!r} is not name=package.module:attribute (e.g. "
+                "my_binding=my_package.binding:BINDING)"
+            )
+        found[name.strip()] = target.strip()
+    return found
+
+
+def load_binding(name: str) -> Binding:
+    """The registered binding called ``name``; :class:`BindingError` for any other name."""
+    targets = registered()
+    if not isinstance(name, str) or name not in targets:
+        raise BindingError(
+            f"binding {str(name)[:80]!r} is not registered: the registered bindings are "
+            f"{', '.join(sorted(targets))} (register one as an entry point in the group {GROUP!r})"
+        )
+    module_name, _, attribute = targets[name].partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BindingError(f"binding module '{module_name}' cannot be imported: {exc}") from None
     except Exception as exc:  # any failure while importing the module is reported, not raised raw
         raise BindingError(
-            f"binding module '{module_name}' cannot be imported: {type(exc).__name__}: {exc}"
+            f"binding {name!r}: module '{module_name}' cannot be imported: {type(exc).__name__}: {exc}"
         ) from None
-    binding = getattr(module, "BINDING", None)
+    binding = getattr(module, attribute, None)
     if not isinstance(binding, Binding):
-        raise BindingError(f"binding module '{module_name}' has no BINDING of type spec.binding.Binding")
+        raise BindingError(f"binding {name!r}: {targets[name]} is not a spec.binding.Binding")
     return binding

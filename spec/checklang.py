@@ -9,15 +9,32 @@ A falsifier's ``expect``, ``assume`` and ``let`` entries are expressions over
 Everything else is rejected before anything runs: imports, lambdas, assignments, f-strings, starred
 arguments, dunder names, attribute access on anything that is not a declared namespace or record.
 Comprehensions and generator expressions are allowed; their loop variables are local to them.
+
+Evaluation is bounded (see :class:`Limits`): the integers, strings and sequences a check builds, the items its
+comprehensions visit, and the time one expression may take. A check that hits a limit raises
+:class:`LimitExceeded` naming the limit. A ``match:`` pattern runs on an engine with a timeout
+(:func:`search`), so a catastrophic pattern fails the check instead of hanging it.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
-from collections.abc import Iterable, Mapping
+import math
+import operator
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import CodeType
+from typing import Any
+
+import regex
+
+MAX_EXPRESSION_CHARS = 4000
+MAX_NESTING = 50
 
 _ALLOWED = (
     ast.Expression,
@@ -110,10 +127,38 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def parse(expression: str) -> tuple[ast.Expression | None, Problem | None]:
     if not isinstance(expression, str) or not expression.strip():
         return None, Problem("CHECK-SYNTAX", "the expression is empty", 1)
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        return None, Problem(
+            "CHECK-TOO-COMPLEX",
+            f"the expression is {len(expression)} characters long, over the limit of {MAX_EXPRESSION_CHARS}: "
+            "split it with let",
+            1,
+        )
     try:
-        return ast.parse(expression.strip(), mode="eval"), None
+        tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         return None, Problem("CHECK-SYNTAX", f"the expression does not parse: {exc.msg}", exc.offset or 1)
+    except (RecursionError, MemoryError):
+        tree = None
+    if tree is None or _depth(tree) > MAX_NESTING:
+        return None, Problem(
+            "CHECK-TOO-COMPLEX",
+            f"the expression nests deeper than {MAX_NESTING} levels: split it with let",
+            1,
+        )
+    return tree, None
+
+
+def _depth(tree: ast.AST) -> int:
+    """The nesting depth of ``tree``, walked without recursion."""
+    deepest = 0
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_NESTING:
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def problems(expression: str, scope: Scope) -> list[Problem]:
@@ -222,12 +267,176 @@ class _Walker:
         self.visit(node.elt, frozenset(bound))
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one evaluation of a check expression may build and how long it may run."""
+
+    seconds: float = 60.0  # wall time of one expression (assume, let or expect) of one example
+    int_bits: int = 100_000  # the largest integer an operator may produce (about 30,000 digits)
+    items: int = 10_000_000  # the longest string, list, tuple or range an operator or call may produce
+    steps: int = 10_000_000  # the items all comprehensions of one expression may visit together
+
+
+LIMITS = Limits()
+
+
+class LimitExceeded(RuntimeError):
+    """A check went past one of its :class:`Limits`; the message names the limit."""
+
+
+class _Guard:
+    """The functions the compiled code calls around every operator, call and comprehension."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.seconds
+        self.steps = 0
+
+    def clock(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise LimitExceeded(f"the check ran past its time limit of {self.limits.seconds:g} s per expression")
+
+    def size(self, value: Any) -> Any:
+        self.clock()
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value.bit_length() > self.limits.int_bits:
+                raise LimitExceeded(f"the check built an integer over the limit of {self.limits.int_bits} bits")
+        elif isinstance(value, (str, bytes, list, tuple, dict, range)):
+            if len(value) > self.limits.items:
+                raise LimitExceeded(
+                    f"the check built a {type(value).__name__} of {len(value)} items, over the limit of "
+                    f"{self.limits.items}"
+                )
+        return value
+
+    def binop(self, op: str, left: Any, right: Any) -> Any:
+        self.clock()
+        if op == "Pow" and _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1:
+            if right * math.log2(abs(left)) > self.limits.int_bits:
+                raise LimitExceeded(f"the check's power would build an integer over {self.limits.int_bits} bits")
+        if op == "Mult":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, bytes, list, tuple)) and _is_int(times):
+                    if len(seq) * times > self.limits.items:
+                        raise LimitExceeded(
+                            f"the check's repetition would build {len(seq) * times} items, over the limit of "
+                            f"{self.limits.items}"
+                        )
+            if _is_int(left) and _is_int(right) and left.bit_length() + right.bit_length() > self.limits.int_bits:
+                raise LimitExceeded(f"the check's product would build an integer over {self.limits.int_bits} bits")
+        if op == "Mod" and isinstance(left, (str, bytes)):
+            raise LimitExceeded("%-formatting of strings is not part of the check language")
+        return self.size(_BINOPS[op](left, right))
+
+    def iterate(self, iterable: Any) -> Iterator[Any]:
+        for item in iterable:
+            self.steps += 1
+            if self.steps > self.limits.steps:
+                raise LimitExceeded(
+                    f"the check's comprehensions visited more than {self.limits.steps} items, over the limit"
+                )
+            if self.steps % 1024 == 0:
+                self.clock()
+            yield item
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_BINOPS: dict[str, Callable[[Any, Any], Any]] = {
+    "Add": operator.add,
+    "Sub": operator.sub,
+    "Mult": operator.mul,
+    "Div": operator.truediv,
+    "FloorDiv": operator.floordiv,
+    "Mod": operator.mod,
+    "Pow": operator.pow,
+    "MatMult": operator.matmul,
+}
+
+
+class _Bound(ast.NodeTransformer):
+    """Routes every operator, call result and comprehension of a validated expression through the guard.
+
+    The guard's names start with ``__``, which no check may write, so a contract cannot reach or replace them.
+    """
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        return _guard_call("binop", [ast.Constant(type(node.op).__name__), node.left, node.right], node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        return _guard_call("size", [node], node)
+
+    def visit_comprehension(self, node: ast.comprehension) -> ast.AST:
+        self.generic_visit(node)
+        node.iter = _guard_call("iterate", [node.iter], node.iter)
+        return node
+
+
+def _guard_call(method: str, args: list[ast.expr], where: ast.AST) -> ast.Call:
+    func = ast.Attribute(ast.Name("__guard__", ast.Load()), method, ast.Load())
+    return ast.copy_location(ast.Call(func, args, []), where)
+
+
 def compile_expression(expression: str, label: str) -> CodeType:
-    """Compile an already-validated expression for :func:`evaluate`."""
-    return compile(ast.parse(expression.strip(), mode="eval"), label, "eval")
+    """Compile an already-validated expression for :func:`evaluate`, with every operator, call and
+    comprehension bounded."""
+    tree = _Bound().visit(ast.parse(expression.strip(), mode="eval"))
+    return compile(ast.fix_missing_locations(tree), label, "eval")
 
 
-def evaluate(code: CodeType, names: Mapping[str, object]) -> object:
-    """Evaluate compiled check code with ``names`` and no builtins."""
-    scope = {**names, "__builtins__": {}}  # globals, so that comprehensions see the names too
-    return eval(code, scope)  # the AST whitelist was enforced by the validator
+def evaluate(code: CodeType, names: Mapping[str, object], limits: Limits | None = None) -> object:
+    """Evaluate compiled check code with ``names``, no builtins, and :class:`Limits`."""
+    guard = _Guard(limits or LIMITS)
+    scope = {**names, "__builtins__": {}, "__guard__": guard}  # globals, so that comprehensions see them too
+    with _alarm(guard.limits.seconds):
+        return eval(code, scope)  # the AST whitelist was enforced by the validator
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """A backstop for time spent inside the binding's own Python code, which the guard does not see: on the
+    main thread of a Unix process, SIGALRM raises :class:`LimitExceeded` once ``seconds`` have passed."""
+    usable = (
+        hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getitimer(signal.ITIMER_REAL)[0] == 0  # never take over a timer someone else set
+    )
+    if not usable:
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise LimitExceeded(f"the check ran past its time limit of {seconds:g} s per expression")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def search(pattern: str, text: str, seconds: float = 1.0) -> bool:
+    """Whether ``pattern`` matches somewhere in ``text``, on an engine that gives up after ``seconds``
+    (a pattern that backtracks catastrophically raises :class:`LimitExceeded` instead of hanging)."""
+    try:
+        return regex.search(pattern, text, timeout=seconds) is not None
+    except TimeoutError:
+        raise LimitExceeded(
+            f"the match pattern {pattern!r} ran past its time limit of {seconds:g} s (catastrophic backtracking?): "
+            "simplify it"
+        ) from None
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a valid ``match:`` regular expression, or None."""
+    try:
+        regex.compile(pattern)
+    except (regex.error, RecursionError, OverflowError, ValueError) as exc:
+        return str(exc)
+    return None

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from spec.diagnostics import summary_line, to_json
-from spec.validate import RULES, UsageError, Validation, validate
+from spec.validate import RULES, UsageError, Validation, scanned_directories, validate
 
 DEFAULT_CONTRACTS = "contracts"
 
@@ -158,7 +158,7 @@ def _generate(args: argparse.Namespace) -> int:
         return 1
     out = _suite_dir(args.paths, args.out)
     if args.check:
-        stale = stale_files(result.contracts, out)
+        stale = stale_files(result.contracts, out, scanned_directories(args.paths))
         for path, problem in stale:
             print(f"{path}: {problem}")
         if stale:
@@ -168,7 +168,7 @@ def _generate(args: argparse.Namespace) -> int:
             f"{len(result.contracts)} contracts, {result.n_falsifiers} falsifiers: the generated suite is fresh"
         )
         return 0
-    written = write(result.contracts, out)
+    written = write(result.contracts, out, scanned_directories(args.paths))
     for path in written:
         print(f"wrote {path}" if path.exists() else f"removed {path}")
     print(

@@ -34,6 +34,34 @@ def _source_path(contract: Contract, out_dir: Path) -> str:
         return contract.path.name
 
 
+def escape(text: str, quote_char: str = '"') -> str:
+    """``text`` made safe to place between ``quote_char`` quotes in Python source (a docstring included), in a
+    comment, or on one line of terminal output: the one escaping function for every string the generator
+    writes.
+
+    Backslashes and ``quote_char`` are escaped; every character that is not printable (newlines and other
+    controls, NUL, lone surrogates, the line and paragraph separators U+2028/U+2029, ...) becomes a ``\\x``,
+    ``\\u`` or ``\\U`` escape, so the result is one line of valid UTF-8 that ends no string early. Printable
+    non-ASCII text (Greek letters in a rule) stays readable.
+    """
+    out = []
+    for ch in str(text):
+        if ch == quote_char or ch == "\\":
+            out.append("\\" + ch)
+        elif ch == " " or ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def quote(text: str) -> str:
+    """A Python string literal whose value is ``text``, quoted as ``repr`` would quote it."""
+    q = '"' if "'" in text and '"' not in text else "'"
+    return q + escape(text, q) + q
+
+
 def _lit(value: object) -> str:
     """A deterministic Python literal for YAML data (strings, numbers, lists, dicts)."""
     if isinstance(value, dict):
@@ -46,12 +74,17 @@ def _lit(value: object) -> str:
             else (f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
         )
     if isinstance(value, float) and not math.isfinite(value):
-        return f"float({str(value)!r})"
-    return repr(value)
+        return f"float({quote(str(value))})"
+    if isinstance(value, str):
+        return quote(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    raise TypeError(f"cannot write a {type(value).__name__} into generated code")
 
 
 def _docstring(text: str) -> str:
-    return " ".join(str(text).split()).replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    """One line of text to place inside a triple-quoted docstring (whitespace runs collapsed)."""
+    return escape(" ".join(str(text).split()))
 
 
 def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
@@ -62,11 +95,11 @@ def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
     fields = [
         ("contract", "CONTRACT"),
         ("binding", "BINDING"),
-        ("id", repr(f.id)),
-        ("rule", repr(f.rule)),
-        ("prediction", repr(f.prediction)),
-        ("if_fails", repr(f.if_fails)),
-        ("expect", repr(" ".join(check.expect.split()))),
+        ("id", quote(f.id)),
+        ("rule", quote(f.rule)),
+        ("prediction", quote(f.prediction)),
+        ("if_fails", quote(f.if_fails)),
+        ("expect", quote(" ".join(check.expect.split()))),
     ]
     optional = {
         "scope": check.scope,
@@ -108,12 +141,12 @@ def render(contract: Contract, out_dir: Path) -> str:
     blocks = "\n\n".join(_falsifier_block(contract, f) for f in contract.falsifiers if f.check is not None)
     return (
         f"{HEADER}\n"
-        f"# source: {_source_path(contract, out_dir)}\n"
-        f"# sha256: {contract.doc.sha256}\n"
+        f"# source: {escape(_source_path(contract, out_dir))}\n"
+        f"# sha256: {escape(contract.doc.sha256)}\n"
         f'"""Falsifiers of {contract.name} (version {contract.version}): {description}"""\n\n'
         f"{imports}\n\n"
-        f"CONTRACT = {contract.name!r}\n"
-        f"BINDING = {contract.binding!r}\n\n\n"
+        f"CONTRACT = {quote(contract.name)}\n"
+        f"BINDING = {quote(str(contract.binding))}\n\n\n"
         f"{blocks}"
     )
 
@@ -125,7 +158,7 @@ def render_conftest(bindings: Iterable[str]) -> str:
         f"{HEADER}\n"
         f'"""Adds --backend to the falsifier suite and parametrizes per-backend falsifiers over it."""\n\n'
         f"from spec.pytest_plugin import FalsifierPlugin\n\n"
-        f"BINDING = {binding!r}\n\n\n"
+        f"BINDING = {quote(binding)}\n\n\n"
         f"def pytest_addoption(parser):\n"
         f"    FalsifierPlugin.add_options(parser)\n\n\n"
         f"def pytest_configure(config):\n"
@@ -141,39 +174,70 @@ def expected_files(contracts: list[Contract], out_dir: Path) -> dict[Path, str]:
     return files
 
 
-def stale_files(contracts: list[Contract], out_dir: Path) -> list[tuple[Path, str]]:
+def stale_files(
+    contracts: list[Contract], out_dir: Path, scanned: Iterable[Path] = ()
+) -> list[tuple[Path, str]]:
     """(path, "missing" | "stale" | "orphan") for every generated file that is not as it should be."""
     out: list[tuple[Path, str]] = []
     expected = expected_files(contracts, out_dir)
     for path, text in expected.items():
         if not path.exists():
             out.append((path, "missing"))
-        elif path.read_text("utf-8") != text:
+        elif path.read_text("utf-8", errors="replace") != text:
             out.append((path, "stale"))
-    out.extend((path, "orphan") for path in orphans(contracts, out_dir))
+    out.extend((path, "orphan") for path in orphans(contracts, out_dir, scanned))
     return out
 
 
-def orphans(contracts: list[Contract], out_dir: Path) -> list[Path]:
-    """Generated test files in ``out_dir`` whose contract is gone."""
+def orphans(contracts: list[Contract], out_dir: Path, scanned: Iterable[Path] = ()) -> list[Path]:
+    """Generated test files in ``out_dir`` that no contract of this run produces any more, and that belong to
+    this run: their recorded source is one of ``contracts`` (renamed since) or lies in a directory of
+    ``scanned`` (the contract was retired). ``spec generate one.yaml`` scans no directory, so it never
+    removes another contract's file."""
     expected = set(expected_files(contracts, out_dir))
-    return sorted(
-        p
-        for p in out_dir.glob("test_*.py")
-        if p not in expected and p.read_text("utf-8", errors="replace").startswith(HEADER)
-    )
+    base = out_dir.resolve().parent
+    ours = {_source_path(c, out_dir) for c in contracts}
+    folders = {_relative(Path(d).resolve(), base) for d in scanned}
+    found = []
+    for path in sorted(out_dir.glob("test_*.py")):
+        if path in expected or not path.is_file():
+            continue
+        source = _generated_source(path)
+        if source is not None and (source in ours or source.rpartition("/")[0] in folders):
+            found.append(path)
+    return found
 
 
-def write(contracts: list[Contract], out_dir: Path) -> list[Path]:
-    """Write every generated file that differs, atomically; remove orphans. Returns the paths written."""
+def _relative(path: Path, base: Path) -> str | None:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return None
+
+
+def _generated_source(path: Path) -> str | None:
+    """The ``# source:`` a generated file records, or None for a file the generator did not write."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            head = [fh.readline(4096) for _ in range(2)]
+    except OSError:
+        return None
+    if head[0].rstrip("\n") != HEADER or not head[1].startswith("# source: "):
+        return None
+    return head[1][len("# source: ") :].rstrip("\n")
+
+
+def write(contracts: list[Contract], out_dir: Path, scanned: Iterable[Path] = ()) -> list[Path]:
+    """Write every generated file that differs, atomically; remove this run's orphans (see :func:`orphans`).
+    Returns the paths written or removed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path, text in expected_files(contracts, out_dir).items():
-        if path.exists() and path.read_text("utf-8") == text:
+        if path.exists() and path.read_text("utf-8", errors="replace") == text:
             continue
         write_text_atomic(path, text)
         written.append(path)
-    for path in orphans(contracts, out_dir):
+    for path in orphans(contracts, out_dir, scanned):
         path.unlink()
         written.append(path)
     return written

@@ -3,7 +3,6 @@ report the falsifier ID, its prediction, its ``if_fails`` diagnosis and the (shr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -14,7 +13,7 @@ import hypothesis
 from hypothesis import strategies as st
 
 from spec.binding import Binding, Target, load_binding
-from spec.checklang import compile_expression, evaluate
+from spec.checklang import LimitExceeded, compile_expression, evaluate, search
 
 _bindings: dict[str, Binding] = {}
 
@@ -133,7 +132,11 @@ class Falsifier:
                 bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env)
             outcome = evaluate(self._code["expect"], env)
         except wanted as exc:
-            if self.match and not re.search(self.match, str(exc)):
+            try:
+                matched = not self.match or search(self.match, str(exc))
+            except LimitExceeded as limit:
+                self._fail(str(limit), drawn, bound, subject)
+            if not matched:
                 self._fail(
                     f"raised {type(exc).__name__} as expected, but its message {str(exc)!r} does not "
                     f"match {self.match!r}",

@@ -8,6 +8,7 @@ never writes a file.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from spec import checklang
 from spec.binding import Binding, BindingError, load_binding
 from spec.contract import Contract, FalsifierSpec
 from spec.diagnostics import ERROR, WARNING, Diagnostic
+from spec.generate import escape
 from spec.schema_check import schema_diagnostics
 from spec.yaml_source import load_or_diagnostics
 
@@ -30,6 +32,9 @@ RULES: dict[str, str] = {
     "YAML-DUPLICATE-KEY": "a mapping repeats a key",
     "YAML-UNSAFE-TAG": "a tag other than plain data (!!python/..., merge keys)",
     "YAML-TOO-LARGE": "the file, or its alias expansion, is too large",
+    "YAML-BAD-VALUE": "a scalar does not construct as its tag says (!!int abc), or holds a lone surrogate",
+    "CONTRACT-NAME": "the contract's file name is not lowercase words joined by hyphens, ending .yaml or .yml",
+    "GENERATED-COLLISION": "two contracts would generate the same test file",
     "SCHEMA-UNKNOWN-KEY": "a key the format does not define",
     "SCHEMA-REQUIRED": "a required field is missing",
     "SCHEMA-EMPTY": "a required field is empty",
@@ -42,6 +47,7 @@ RULES: dict[str, str] = {
     "BINDING-INVALID": "the binding module cannot be imported or has no BINDING",
     "CHECK-MISSING": "a falsifier has no executable check",
     "CHECK-SYNTAX": "a check expression does not parse",
+    "CHECK-TOO-COMPLEX": "a check expression is too long or nests too deeply",
     "CHECK-FORBIDDEN": "a check expression uses something outside the whitelist",
     "CHECK-UNKNOWN-NAME": "a check expression uses a name nobody declared",
     "CHECK-UNKNOWN-ATTRIBUTE": "a check expression uses an attribute the namespace does not declare",
@@ -79,35 +85,100 @@ class Validation:
         return sum(len(c.falsifiers) for c in self.contracts)
 
 
+CONTRACT_FILE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*\.ya?ml$")
+"""A contract's file name: lowercase words of letters and digits joined by single hyphens, then ``.yaml`` or
+``.yml`` (``kd-loss-v1.yaml``). The stem is the contract's name, and it reaches generated code and file names."""
+
+MAX_NAME = 100
+
+
 def discover(paths: Iterable[str | Path]) -> list[Path]:
-    """The contract files named by ``paths``: files as given, directories' ``*.yaml``/``*.yml``."""
+    """The contract files named by ``paths``: files as given, directories' ``*.yaml``/``*.yml``.
+
+    Nothing is opened here: a FIFO, a device or a symlink loop is listed and then reported by the loader."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if _is_dir(path):
             found = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
             if not found:
-                raise UsageError(f"{raw}: the directory holds no *.yaml contract")
+                raise UsageError(f"{_shown(raw)}: the directory holds no *.yaml contract")
             files.extend(found)
-        elif path.is_file():
+        elif os.path.lexists(path):
             files.append(path)
         else:
             raise UsageError(
-                f"{raw}: no such file or directory (run from the project root, or name the contracts)"
+                f"{_shown(raw)}: no such file or directory (run from the project root, or name the contracts)"
             )
     return files
 
 
+def scanned_directories(paths: Iterable[str | Path]) -> list[Path]:
+    """The directories among ``paths``: the only places whose retired contracts' generated files may go."""
+    return [Path(p) for p in paths if _is_dir(Path(p))]
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a symlink loop, a name too long: not a directory
+        return False
+
+
+def _shown(raw: str | Path) -> str:
+    return escape(str(raw))
+
+
 def _display(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+        shown = str(path.absolute().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        shown = str(path)
+    return escape(shown)
+
+
+def _name_rules(result: Validation) -> None:
+    """CONTRACT-NAME for file names outside the documented pattern; GENERATED-COLLISION for two contracts
+    that would write the same test file (``kd-loss-v1.yaml`` and ``kd-loss-v1.yml``)."""
+    from spec.generate import test_file_name
+
+    first: dict[str, Contract] = {}
+    for contract in result.contracts:
+        name = contract.path.name
+        if len(name) > MAX_NAME or not CONTRACT_FILE.match(name):
+            result.diagnostics.append(
+                Diagnostic(
+                    contract.doc.path,
+                    0,
+                    0,
+                    ERROR,
+                    "CONTRACT-NAME",
+                    f"the file name '{escape(name[:MAX_NAME])}' is not a contract name: use lowercase letters, "
+                    f"digits and single hyphens, ending .yaml or .yml, at most {MAX_NAME} characters "
+                    "(e.g. kd-loss-v1.yaml)",
+                )
+            )
+            continue
+        target = test_file_name(contract)
+        if target in first:
+            result.diagnostics.append(
+                Diagnostic(
+                    contract.doc.path,
+                    0,
+                    0,
+                    ERROR,
+                    "GENERATED-COLLISION",
+                    f"this contract and {first[target].doc.path} would both generate {target}: rename one",
+                )
+            )
+        else:
+            first[target] = contract
 
 
 def validate(paths: Iterable[str | Path], *, generated_dir: Path | None = None) -> Validation:
     """Validate the contracts at ``paths``. With ``generated_dir``, also report generated test files
     that are missing or stale there."""
+    paths = list(paths)
     result = Validation()
     for path in discover(paths):
         doc, diags = load_or_diagnostics(path, _display(path))
@@ -117,13 +188,14 @@ def validate(paths: Iterable[str | Path], *, generated_dir: Path | None = None) 
         schema = schema_diagnostics(doc)
         result.diagnostics.extend(schema)
         result.contracts.append(Contract.from_document(path, doc))
+    _name_rules(result)
     _cross_contract_rules(result)
     for contract in result.contracts:
         _contract_rules(contract, result)
     if generated_dir is not None and not result.errors:
         from spec.generate import stale_files
 
-        for path, problem in stale_files(result.contracts, generated_dir):
+        for path, problem in stale_files(result.contracts, generated_dir, scanned_directories(paths)):
             rule = "GENERATED-MISSING" if problem == "missing" else "GENERATED-STALE"
             what = {
                 "missing": "is missing",
@@ -311,10 +383,9 @@ def _check_rules(contract: Contract, f: FalsifierSpec, binding: Binding, result:
     if check.match is not None:
         if check.raises is None:
             add(("match",), "CHECK-MATCH", "match is only meaningful with raises")
-        try:
-            re.compile(check.match)
-        except re.error as exc:
-            add(("match",), "CHECK-MATCH", f"match is not a valid regular expression: {exc}")
+        reason = checklang.pattern_problem(check.match)
+        if reason is not None:
+            add(("match",), "CHECK-MATCH", f"match is not a valid regular expression: {reason}")
     _tolerance_rules(contract, f, add)
 
 

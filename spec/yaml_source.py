@@ -16,10 +16,12 @@ from typing import Any
 import yaml
 
 from spec.diagnostics import ERROR, Diagnostic
+from spec.files import UnsafeFile, read_regular_file
 
 MAX_BYTES = 1_000_000
 MAX_NODES = 100_000
 MAX_DEPTH = 64
+MAX_EXPANDED_CHARS = 2 * MAX_BYTES  # the text of every scalar, counted once per alias that repeats it
 
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:str",
@@ -79,17 +81,9 @@ def load(path: str | Path, display: str | None = None) -> Document:
     """Load ``path`` as plain YAML data, or raise :class:`SourceError`."""
     shown = display or str(path)
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise _error(shown, 0, 0, "FILE-UNREADABLE", f"cannot read the file: {exc.strerror or exc}") from None
-    if len(raw) > MAX_BYTES:
-        raise _error(
-            shown,
-            0,
-            0,
-            "YAML-TOO-LARGE",
-            f"the file is {len(raw)} bytes, over the {MAX_BYTES}-byte limit for a contract: split it",
-        )
+        raw = read_regular_file(Path(path), MAX_BYTES)
+    except UnsafeFile as exc:
+        raise _error(shown, 0, 0, "YAML-TOO-LARGE" if exc.too_large else "FILE-UNREADABLE", str(exc)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -155,6 +149,7 @@ class _Builder:
         self.doc = doc
         self.errors: list[Diagnostic] = []
         self.nodes = 0
+        self.chars = 0
         self.constructor = yaml.constructor.SafeConstructor()
 
     def _fail(self, node: yaml.Node, rule: str, message: str) -> None:
@@ -189,9 +184,40 @@ class _Builder:
             return self._mapping(node, pointer, depth)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*pointer, i), depth + 1) for i, item in enumerate(node.value)]
+        return self._scalar(node)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        text = node.value
+        self.chars += len(text)
+        if self.chars > MAX_EXPANDED_CHARS:
+            self._fail(
+                node,
+                "YAML-TOO-LARGE",
+                f"the document's text expands past {MAX_EXPANDED_CHARS} characters through aliases "
+                "(an alias bomb?): remove the aliases",
+            )
+            raise _Abort
+        bad = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+        if bad is not None:
+            self._fail(
+                node,
+                "YAML-BAD-VALUE",
+                f"the scalar holds a lone surrogate ({ascii(bad)[1:-1]}), which is not a Unicode character: remove it",
+            )
+            return None
         if node.tag == "tag:yaml.org,2002:timestamp":
-            return node.value
-        return self.constructor.construct_object(node)
+            return text
+        try:
+            return self.constructor.construct_object(node)
+        except (ValueError, TypeError, KeyError, OverflowError, yaml.YAMLError) as exc:
+            shown_tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            self._fail(
+                node,
+                "YAML-BAD-VALUE",
+                f"{shown!a} is not a valid {shown_tag} ({type(exc).__name__}): fix the value or drop the tag",
+            )
+            return None
 
     def _mapping(self, node: yaml.MappingNode, pointer: Pointer, depth: int) -> dict[Any, Any]:
         out: dict[Any, Any] = {}

@@ -42,11 +42,13 @@ _MARKER = re.compile(r'#!\s*([A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+)(?:@(\d+)(?::(\d+))?)
 
 def environment(**extra: str) -> dict[str, str]:
     """The subprocess environment: deterministic hypothesis, no bytecode written into the fixtures, and
-    ``fixtures/`` importable (for ``float64_only_binding``)."""
+    ``fixtures/`` importable and registered as a binding (``float64_only_binding``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(FIXTURES), env.get("PYTHONPATH", "")) if p)
+    # this checkout first (not whichever copy is installed), then fixtures/ for float64_only_binding
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(FIXTURES), env.get("PYTHONPATH", "")) if p)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["HYPOTHESIS_PROFILE"] = "ci"
+    env["KD_CONTRACTS_BINDINGS"] = "float64_only_binding=float64_only_binding:BINDING"  # the operator registers it
     env.update(extra)
     return env
 
@@ -183,7 +185,8 @@ def markers(path: Path, display: str) -> list[Marker]:
 def case_markers(case: Path) -> list[Marker]:
     """The markers of a fixture file, or of every contract in a fixture directory."""
     if case.is_dir():
-        return [m for f in sorted(case.glob("*.yaml")) for m in markers(f, f"{case.name}/{f.name}")]
+        files = sorted([*case.glob("*.yaml"), *case.glob("*.yml")])
+        return [m for f in files for m in markers(f, f"{case.name}/{f.name}")]
     return markers(case, case.name)
 
 
