@@ -118,7 +118,7 @@ class TorchBackend:
                 f"{self.name} backend cannot make tensors of dtype {dtype!r}: supported are "
                 f"{', '.join(map(repr, wanted))}"
             )
-        source = np.ascontiguousarray(array)
+        source = np.asarray(array, order="C")  # not ascontiguousarray: it turns 0-d input into 1-d
         if dtype == "bfloat16":
             # Round to float32 first, then to bfloat16 (nearest even each time): the rounding torch itself
             # applies to float64 and the one the harness uses for the reference's bfloat16 inputs.
@@ -149,7 +149,7 @@ class TorchBackend:
     def _logits(self, torch: Any, name: str, x: Any) -> torch.Tensor:
         """``x`` as a real tensor (the reference's dtype and conversion checks; no value checks)."""
         if not isinstance(x, torch.Tensor):
-            x = torch.from_numpy(np.ascontiguousarray(checks.as_float64_logits(name, x))).to(self.device)
+            x = torch.from_numpy(np.asarray(checks.as_float64_logits(name, x), order="C")).to(self.device)
         if x.dtype == torch.bool or x.is_complex():
             raise ValueError(checks.logits_dtype_message(name, _dtype_name(x.dtype)))
         return x
@@ -157,9 +157,11 @@ class TorchBackend:
     def _labels(self, torch: Any, y: Any, device: Any) -> torch.Tensor:
         """``y`` as an integer tensor on ``device`` (the reference's dtype checks)."""
         if not isinstance(y, torch.Tensor):
-            y = torch.from_numpy(np.ascontiguousarray(checks.as_integer_labels(y)))
+            y = torch.from_numpy(np.asarray(checks.int64_labels(checks.as_integer_labels(y)), order="C"))
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise ValueError(checks.labels_dtype_message(_dtype_name(y.dtype)))
+        if y.dtype in (torch.uint32, torch.uint64):  # a cast would wrap 2**64 - 100 to -100 (ignore_index)
+            y = torch.from_numpy(checks.int64_labels(y.cpu().numpy()))
         return y.to(device=device, dtype=torch.int64)
 
     @staticmethod
@@ -238,7 +240,7 @@ class TorchBackend:
         checks.check_logits_shape("logits", tuple(z.shape))
         self._check_values(torch, [("logits", z)])
         compute, out = self._compute_dtype(torch, z)
-        return torch.softmax(z.to(compute) / temperature, dim=-1).to(out)
+        return torch.softmax(_shifted(torch, z.to(compute), temperature), dim=-1).to(out)
 
     def log_softmax(self, logits: Any, temperature: float = 1.0) -> torch.Tensor:
         """``log_softmax(z / T)`` over the last axis (``-inf`` stays ``-inf``), in the input's dtype."""
@@ -248,7 +250,7 @@ class TorchBackend:
         checks.check_logits_shape("logits", tuple(z.shape))
         self._check_values(torch, [("logits", z)])
         compute, out = self._compute_dtype(torch, z)
-        return torch.log_softmax(z.to(compute) / temperature, dim=-1).to(out)
+        return torch.log_softmax(_shifted(torch, z.to(compute), temperature), dim=-1).to(out)
 
     def cross_entropy(
         self,
@@ -339,6 +341,12 @@ class TorchBackend:
 # --------------------------------------------------------------------------------------------------------
 # Row-wise math on validated tensors of the compute dtype (shape [..., V], labels [...]).
 # --------------------------------------------------------------------------------------------------------
+
+
+def _shifted(torch: Any, z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``(z - max z) / T`` over the last axis: all entries <= 0, so huge logits cannot overflow to inf - inf
+    (``[-1.7e308, 1.7e308]`` at T = 0.5 gives softmax ``[0, 1]``, not NaN). The row max is finite (checked)."""
+    return (z - z.amax(dim=-1, keepdim=True)) / temperature
 
 
 def _weighted(torch: Any, weight: float, term: torch.Tensor) -> torch.Tensor:

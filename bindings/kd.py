@@ -98,6 +98,8 @@ _HELPERS = {
         "total",
         "close_scaled",
         "descend",
+        "array",
+        "labels_of",
     )
 }
 

@@ -44,6 +44,8 @@ class BackendOps:
 
     def _in(self, x: Any) -> Any:
         if isinstance(x, np.ndarray):
+            if x.dtype.kind == "u" and x.size and x.max() > np.iinfo(np.int64).max:
+                return x  # a cast here would wrap it: the backend must refuse it itself
             if x.dtype.kind in "iu":
                 return self.backend.asarray(x.astype(np.int64), "int64")
             if x.dtype.kind == "f":

@@ -209,3 +209,16 @@ def descend(
         g = ops.kd_logit_gradient(s, teacher, labels, temperature=temperature, alpha=alpha)  # type: ignore[attr-defined]
         s = s - float(learning_rate) * np.asarray(g, dtype=np.float64)
     return s
+
+
+def array(values: object) -> np.ndarray:
+    """``values`` (nested lists, or one number for a 0-d array) as a float64 array: literal inputs for a check."""
+    return np.asarray(values, dtype=np.float64)
+
+
+def labels_of(values: object, dtype: str = "int64") -> np.ndarray:
+    """``values`` as labels of the integer ``dtype`` (``int64``, ``uint64``, ...), stored exactly."""
+    kind = np.dtype(dtype)
+    if kind.kind not in "iu":
+        raise ValueError(f"labels_of: {dtype!r} is not an integer dtype")
+    return np.asarray(values, dtype=kind)

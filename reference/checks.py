@@ -64,9 +64,32 @@ def format_value(value: object) -> str:
     return repr(value) if real is None else repr(real)
 
 
+TEMPERATURE_MIN = 1e-4
+TEMPERATURE_MAX = 1e4
+"""The temperatures every function and backend accepts. Outside them the arithmetic leaves the float range
+for reasons that have nothing to do with the inputs: a subnormal T makes ``T**2`` underflow to 0 against an
+infinite KL (NaN gradients), ``T**2`` overflows above ~1.3e154, and in float32/bfloat16 ``z / T`` overflows for
+logits of magnitude 1e4 once ``T < 1e-34``. The range is refused with a ValueError naming the temperature rather
+than answered wrongly; practical KD temperatures (0.5 to 20) are deep inside it."""
+
+
 def temperature_message(temperature: object) -> str:
-    """Message for a temperature that is not a finite number > 0."""
+    """Message for a temperature that is not a finite number in [TEMPERATURE_MIN, TEMPERATURE_MAX]."""
+    value = _as_real(temperature)
+    if value is not None and math.isfinite(value) and value > 0.0:
+        return (
+            f"temperature must be in [{TEMPERATURE_MIN:g}, {TEMPERATURE_MAX:g}], got {format_value(temperature)}: "
+            "outside it T**2 or logits / T leave the float range"
+        )
     return f"temperature must be a finite number > 0, got {format_value(temperature)}"
+
+
+def label_not_int64_message(value: int, position: Sequence[int]) -> str:
+    """Message for an unsigned label too large for int64 (it would wrap to a negative id, even -100)."""
+    return (
+        f"label {int(value)} at position {format_position(position)} does not fit in int64: labels are token ids "
+        "in [0, vocab) or ignore_index"
+    )
 
 
 def alpha_message(alpha: object) -> str:
@@ -208,9 +231,10 @@ def _as_real(value: object) -> float | None:
 
 
 def check_temperature(temperature: object) -> float:
-    """Return the temperature as a float; raise ValueError unless it is a finite number > 0."""
+    """Return the temperature as a float; raise ValueError unless it is a number in
+    [TEMPERATURE_MIN, TEMPERATURE_MAX]."""
     value = _as_real(temperature)
-    if value is None or not math.isfinite(value) or value <= 0.0:
+    if value is None or not math.isfinite(value) or not TEMPERATURE_MIN <= value <= TEMPERATURE_MAX:
         raise ValueError(temperature_message(temperature))
     return value
 
@@ -312,6 +336,20 @@ def check_labels_dtype(dtype: object) -> None:
 def _first(mask: np.ndarray) -> tuple[int, ...]:
     """Index (C order) of the first True entry of a boolean array known to have one."""
     return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def int64_labels(labels: np.ndarray) -> np.ndarray:
+    """Integer ``labels`` as int64 without wrapping: an unsigned label above 2**63 - 1 (which a cast would turn
+    into a negative id, 2**64 - 100 into -100 = ignore_index) raises ValueError naming it and its position.
+    The one conversion the backends use before they hand labels to an int64 kernel."""
+    labels = np.asarray(labels)
+    check_labels_dtype(labels.dtype)
+    if labels.dtype.kind == "u" and labels.size and labels.dtype.itemsize >= 8:
+        too_big = labels > np.iinfo(np.int64).max
+        if too_big.any():
+            position = _first(too_big)
+            raise ValueError(label_not_int64_message(labels[position], position))
+    return labels.astype(np.int64, copy=False)
 
 
 def check_labels(labels: np.ndarray, vocab: int, ignore_index: int = DEFAULT_IGNORE_INDEX) -> None:
