@@ -44,6 +44,25 @@ def kd_loss_numeric_gradient(
     return kd_values.central_difference_gradient(loss, batch.student, eps)
 
 
+def factors(env: Any) -> dict[str, float]:
+    """The simple factors a KD failure is often off by: the temperature T and T^2, the vocabulary size V,
+    the row count and the valid-row count, read from the drawn inputs the failing check used."""
+    out: dict[str, float] = {}
+    for value in env.values():
+        if not isinstance(value, (KDBatch, kd_strategies.StepCase)):
+            continue
+        out["T"] = float(value.temperature)
+        out["T^2"] = float(value.temperature) ** 2
+        if isinstance(value, KDBatch):
+            out["V"] = float(value.vocab)
+            out["rows"] = float(np.prod(value.shape[:-1]))
+            out["valid rows"] = float(kd_values.valid_count(value.labels, value.ignore_index))
+        else:
+            out["V"] = float(value.vocab)
+        break
+    return out
+
+
 def forward_of(provider: Any) -> Any:
     """A provider's forward pass as a plain callable: ``provider.logits_for_batch``."""
     return provider.logits_for_batch
@@ -133,4 +152,5 @@ BINDING = Binding(
     errors={"ValueError": ValueError},
     backends=KDBackends(),
     subject_namespaces=("kd",),
+    factors=factors,
 )

@@ -42,9 +42,10 @@ _MARKER = re.compile(r'#!\s*([A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+)(?:@(\d+)(?::(\d+))?)
 
 def environment(**extra: str) -> dict[str, str]:
     """The subprocess environment: deterministic hypothesis, no bytecode written into the fixtures, and
-    ``fixtures/`` importable (for ``float64_only_binding``)."""
+    ``fixtures/`` and this checkout importable (``float64_only_binding``; this checkout, not an installed copy)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(FIXTURES), env.get("PYTHONPATH", "")) if p)
+    # this checkout's code first (not an installed copy), wherever the subprocess runs
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(FIXTURES), env.get("PYTHONPATH", "")) if p)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["HYPOTHESIS_PROFILE"] = "ci"
     env.update(extra)
