@@ -67,6 +67,12 @@ def backend_identity(backend: Any) -> dict[str, str]:
     return info
 
 
+def _database_on() -> bool:
+    import hypothesis
+
+    return hypothesis.settings().database is not None
+
+
 class FalsifierPlugin:
     def __init__(self, config: pytest.Config, binding_name: str) -> None:
         self.config = config
@@ -195,7 +201,11 @@ class FalsifierPlugin:
         if mark is None or mark.args[0].id != meta.get("falsifier"):
             return False
         subject = getattr(item, "callspec", None) and item.callspec.params.get("subject")
-        return (subject.label if isinstance(subject, Subject) else "once") == meta.get("subject")
+        if not isinstance(subject, Subject):
+            return meta.get("subject") == "once"
+        if self.spec != meta.get("backend"):  # replayed against another backend: the same dtype
+            return subject.dtype == meta.get("dtype")
+        return subject.label == meta.get("subject")
 
     # -- reports -----------------------------------------------------------------------------------------
 
@@ -257,7 +267,7 @@ class FalsifierPlugin:
         if saved:
             lines.append(f"  counterexample file: {saved}")
         lines.append(f"  reproduce:  {command}")
-        if finding.drawn:
+        if finding.drawn and OPTIONS.replay is None and _database_on():
             lines.append("  (a plain rerun replays this failure first, from the hypothesis database)")
         report.longrepr = "\n".join(lines)
         report.user_properties.extend([
@@ -272,8 +282,8 @@ class FalsifierPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.skipped_once:
             terminalreporter.write_line(
-                f"{self.skipped_once} falsifier(s) of scope 'once' (the project's own pipeline) were not run: "
-                "--skip-once"
+                f"{self.skipped_once} falsifier(s) of scope 'once' (the project's own pipeline) were not "
+                "selected (--skip-once)"
             )
         worst: dict[str, dict[str, Any]] = {}
         for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
