@@ -6,7 +6,7 @@ Names a check may use:
   ``kd.cross_entropy``, ``kd.kl_divergence``, ``kd.softmax``, ``kd.log_softmax``;
 * ``ref``: the float64 reference (:mod:`reference.kd`), with ``ref.kd_step``;
 * ``pipeline``: the distillation pipeline driven and observed as plain data (:mod:`bindings.kd_pipeline`:
-  ``pipeline.run_distill``, ``pipeline.parse_smoke``, ``pipeline.callback_events``, ``pipeline.train``, ...);
+  ``pipeline.run_distill``, ``pipeline.parse_smoke``, ``pipeline.callback_events``, ``pipeline.step_update``, ...);
 * the helpers of :mod:`bindings.kd_values` (``close``, ``finite``, ``nondecreasing``, ...), and
   ``kd_loss_numeric_gradient``; a few safe builtins (``abs``, ``all``, ``any``, ``len``, ``max``, ...);
 * strategies: ``kd_batch`` (a :class:`~bindings.kd_strategies.KDBatch` record), ``reduction``, ``choice``,

@@ -157,7 +157,7 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "paths", ()) is None:
+        if hasattr(args, "paths") and not args.paths:
             args.paths = [default_contracts()]
         commands = {"validate": _validate, "generate": _generate, "list": _list, "check": _check, "replay": _replay}
         return commands[args.command](args)
@@ -240,9 +240,11 @@ def _list(args: argparse.Namespace) -> int:
                 "falsifiers": [
                     {
                         "id": f.id,
-                        "scope": f.check.scope if f.check else None,
+                        "scope": f.check.scope if f.check else ("once" if f.test else None),
                         "dtypes": list(f.check.dtypes) if f.check else [],
                         "rule": f.rule,
+                        "test": f.test,
+                        "requires": list(f.requires),
                     }
                     for f in c.falsifiers
                 ],
@@ -256,7 +258,7 @@ def _list(args: argparse.Namespace) -> int:
         for name, formula in row["equations"].items():
             print(f"  equation {name}: {' '.join(str(formula).split())}")
         for f in row["falsifiers"]:
-            scope = "per backend" if f["scope"] == "per_backend" else "once"
+            scope = "per backend" if f["scope"] == "per_backend" else ("test" if f["test"] else "once")
             if f["scope"] == "per_backend" and f["dtypes"] != ["float64"]:
                 scope += f" ({', '.join(f['dtypes'])})"
             print(f"  {f['id']:<28} {scope:<14} {f['rule']}")

@@ -206,11 +206,16 @@ class _Collector:
     def __init__(self, result: Conformance) -> None:
         self.result = result
         self.contract_of: dict[str, str] = {}
+        self.once: set[str] = set()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.contract_of = {
             item.nodeid: getattr(getattr(item, "module", None), "CONTRACT", item.nodeid)
             for item in session.items
+        }
+        self.once = {
+            item.nodeid for item in session.items
+            if (mark := item.get_closest_marker("falsifier")) is not None and mark.args[0].scope == "once"
         }
         plugin = session.config.pluginmanager.get_plugin("spec-falsifiers")
         if plugin is not None:
@@ -235,7 +240,7 @@ class _Collector:
         if report.when != "call" and not (report.skipped or report.failed):
             return
         contract = self.contract_of.get(report.nodeid, report.nodeid.split("::")[0])
-        label = measure.subject_label(report.nodeid, ONCE)
+        label = ONCE if report.nodeid in self.once else measure.subject_label(report.nodeid, ONCE)
         backend = label
         for b in self.result.backends:
             if label == b or label.startswith(f"{b}-float") or label.startswith(f"{b}-bfloat"):

@@ -28,6 +28,7 @@ from spec.binding import BindingError, Target
 from spec.named_tests import MARKER as NAMED_TEST_MARKER
 from spec.runtime import OPTIONS, Falsifier, Finding, Subject, binding_named
 
+ONCE = "(once)"
 NOT_RUN = "not run:"
 NOT_IMPLEMENTED = "not implemented:"
 
@@ -255,6 +256,10 @@ class FalsifierPlugin:
         report = outcome.get_result()
         if call.when != "call":
             return
+        mark = item.get_closest_marker("falsifier")
+        if mark is not None:
+            subject = getattr(item, "callspec", None) and item.callspec.params.get("subject")
+            report.user_properties.append(("subject", subject.label if isinstance(subject, Subject) else ONCE))
         worst = measure.drain()
         if worst is not None:
             report.user_properties.append(("measured_error", worst[0]))
@@ -289,7 +294,8 @@ class FalsifierPlugin:
         for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
             props = dict(report.user_properties)
             if "measured_error" in props:
-                measure.keep_worst(worst, measure.subject_label(report.nodeid), props["measured_error"],
+                measure.keep_worst(worst, props.get("subject") or measure.subject_label(report.nodeid),
+                                   props["measured_error"],
                                    props["tolerance"], report.nodeid.split("::")[-1])
         if worst:
             terminalreporter.section("largest measured error per backend")
