@@ -163,8 +163,8 @@ class FalsifierError(Finding, Exception):
         if cause is None:
             return []
         return [
-            "  this is an error, not a falsification: the prediction was never tested. Traceback of the code "
-            "that raised (most recent call last):",
+            "  this is an error, not a falsification: the prediction was never tested. Where it raised "
+            "(most recent call last):",
             *(f"    {line}" for line in origin(cause)),
         ]
 
