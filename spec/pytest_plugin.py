@@ -181,6 +181,7 @@ class FalsifierPlugin:
             m.args[0].id for item in items if (m := item.get_closest_marker("falsifier")) and m.args[0].test
         }
         keep, drop = [], []
+        skipped_once: set[str] = set()
         for item in items:
             mark = item.get_closest_marker("falsifier")
             named = item.get_closest_marker(NAMED_TEST_MARKER)
@@ -190,9 +191,10 @@ class FalsifierPlugin:
                 drop.append(item)
             elif self.skip_once and mark is not None and mark.args[0].scope == "once":
                 drop.append(item)
-                self.skipped_once += 1
+                skipped_once.add(mark.args[0].id)
             else:
                 keep.append(item)
+        self.skipped_once = len(skipped_once)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
