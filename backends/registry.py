@@ -94,6 +94,8 @@ def _load_target(target: str, label: str) -> Any:
     module_name, _, attribute = target.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise _not_found(label, module_name, error) from error
     except Exception as error:  # any import-time failure of a plugin is reported, not raised raw
         raise BackendError(
             f"backend {label!r}: module {module_name!r} cannot be imported: {type(error).__name__}: {error}"
@@ -117,6 +119,24 @@ def _load_target(target: str, label: str) -> Any:
             f"{'; '.join(problems)} (the members are listed in backends/protocol.py)"
         )
     return obj
+
+
+class MissingLibrary(BackendError):
+    """A backend's module needs a library that is not installed here: it cannot run here, it is not broken."""
+
+
+def _not_found(label: str, module_name: str, error: ModuleNotFoundError) -> BackendError:
+    missing = error.name or ""
+    own = module_name.split(".")[0]
+    if missing and missing.split(".")[0] != own and not module_name.startswith(f"{missing}."):
+        return MissingLibrary(
+            f"backend {label!r}: module {module_name!r} needs {missing!r}, which is not installed here"
+        )
+    return BackendError(
+        f"backend {label!r}: module {module_name!r} cannot be imported ({error}): run from the folder that "
+        f"holds {own!r} with `python -m pytest` or `python -m spec` (plain `pytest` does not put the current "
+        f"folder on sys.path), install your port (`pip install -e .`), or add its folder to PYTHONPATH"
+    )
 
 
 def get(name: str) -> Backend:
@@ -148,11 +168,14 @@ def clear_cache() -> None:
 
 
 def _availability(backend: Any) -> Availability:
-    """``backend.available()``, with a raising or ill-typed answer turned into an unavailable one."""
+    """``backend.available()``; an ill-typed answer is read as a truth value. A raising ``available()`` is
+    a broken backend (BackendError), not one that cannot run here."""
     try:
         answer = backend.available()
     except Exception as error:
-        return Availability(False, f"available() raised {type(error).__name__}: {error}")
+        raise BackendError(
+            f"backend {getattr(backend, 'name', backend)!r}: available() raised {type(error).__name__}: {error}"
+        ) from error
     if isinstance(answer, Availability):
         return answer
     return Availability(bool(answer), "" if answer else "available() returned a false value")
@@ -188,8 +211,11 @@ def select(spec: str) -> Selection:
 
     * a name or ``module:attribute``: that backend; it must load and be available, else BackendError;
     * ``cuda``: every known backend whose device is ``"cuda"``, each required to be available;
-    * ``all``: every known backend that loads and is available here; the others go to ``left_out``
-      with their reason.
+    * ``all``: every known backend that loads and is available here. One that cannot run here (its
+      ``available()`` is false, or its module needs a library that is not installed) goes to ``left_out``
+      with the reason; a registered backend that is broken (its module raises on import, it does not
+      satisfy the protocol, ``available()`` raises) raises BackendError naming every broken one: a broken
+      backend fails the run, it is not left out.
 
     Duplicates (the same object reached twice) are kept once, at their first position.
     """
@@ -204,17 +230,27 @@ def select(spec: str) -> Selection:
     selection = Selection()
     for token in tokens:
         if token == "all":
+            broken: list[str] = []
             for name in known():
                 try:
                     backend = get(name)
-                except BackendError as error:
+                    available = _availability(backend)
+                except MissingLibrary as error:
                     selection.left_out.append((name, str(error)))
                     continue
-                available = _availability(backend)
+                except BackendError as error:
+                    broken.append(str(error))
+                    continue
                 if available:
                     selection._add(backend)
                 else:
                     selection.left_out.append((name, available.reason))
+            if broken:
+                raise BackendError(
+                    f"{len(broken)} registered backend(s) are broken, so 'all' cannot vouch for them: "
+                    + "; ".join(broken)
+                    + " (fix them, uninstall them, or name the backends to check instead of 'all')"
+                )
         elif token == "cuda":
             for name in known():
                 backend = get(name)

@@ -6,7 +6,7 @@ Names a check may use:
   ``kd.cross_entropy``, ``kd.kl_divergence``, ``kd.softmax``, ``kd.log_softmax``;
 * ``ref``: the float64 reference (:mod:`reference.kd`), with ``ref.kd_step``;
 * ``pipeline``: the distillation pipeline driven and observed as plain data (:mod:`bindings.kd_pipeline`:
-  ``pipeline.run_distill``, ``pipeline.parse_smoke``, ``pipeline.callback_events``, ``pipeline.train``, ...);
+  ``pipeline.run_distill``, ``pipeline.parse_smoke``, ``pipeline.callback_events``, ``pipeline.step_update``, ...);
 * the helpers of :mod:`bindings.kd_values` (``close``, ``finite``, ``nondecreasing``, ...), and
   ``kd_loss_numeric_gradient``; a few safe builtins (``abs``, ``all``, ``any``, ``len``, ``max``, ...);
 * strategies: ``kd_batch`` (a :class:`~bindings.kd_strategies.KDBatch` record), ``reduction``, ``choice``,
@@ -42,6 +42,25 @@ def kd_loss_numeric_gradient(
         )
 
     return kd_values.central_difference_gradient(loss, batch.student, eps)
+
+
+def factors(env: Any) -> dict[str, float]:
+    """The simple factors a KD failure is often off by: the temperature T and T^2, the vocabulary size V,
+    the row count and the valid-row count, read from the drawn inputs the failing check used."""
+    out: dict[str, float] = {}
+    for value in env.values():
+        if not isinstance(value, (KDBatch, kd_strategies.StepCase)):
+            continue
+        out["T"] = float(value.temperature)
+        out["T^2"] = float(value.temperature) ** 2
+        if isinstance(value, KDBatch):
+            out["V"] = float(value.vocab)
+            out["rows"] = float(np.prod(value.shape[:-1]))
+            out["valid rows"] = float(kd_values.valid_count(value.labels, value.ignore_index))
+        else:
+            out["V"] = float(value.vocab)
+        break
+    return out
 
 
 def forward_of(provider: Any) -> Any:
@@ -135,4 +154,5 @@ BINDING = Binding(
     errors={"ValueError": ValueError},
     backends=KDBackends(),
     subject_namespaces=("kd",),
+    factors=factors,
 )

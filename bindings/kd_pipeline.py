@@ -9,8 +9,9 @@ property itself is written in the contract's ``expect``:
 * :func:`parse_smoke` reads the two ``[SMOKE]`` summary lines into numbers;
 * :func:`callback_events` / :func:`callback_log` run a real :class:`~reference.pipeline.Pipeline` with
   recording callbacks and return the hook calls in order;
-* :func:`train`, :func:`one_step` and :func:`step_update` run the fixture teacher/student and report losses,
-  probabilities and parameter changes; :func:`sum_by_context` states the SGD update rule;
+* :func:`step_update` runs one step of the fixture teacher/student and reports the parameter change;
+  :func:`sum_by_context` states the SGD update rule (the learning properties of the loop are tests in
+  ``tests/test_pipeline.py`` that the contract names with ``test:``);
 * :func:`progress_work` counts the work :class:`~reference.progress.ProgressCallback` does per step.
 
 Every function builds its own models and data from a seed and touches nothing outside its temporary
@@ -32,7 +33,6 @@ import numpy as np
 
 from reference import distill
 from reference.pipeline import (
-    IGNORE_INDEX,
     Callback,
     Control,
     EpochContext,
@@ -52,13 +52,11 @@ __all__ = [
     "ATTRIBUTES",
     "callback_events",
     "callback_log",
-    "one_step",
     "parse_smoke",
     "progress_work",
     "run_distill",
     "step_update",
     "sum_by_context",
-    "train",
 ]
 
 # --------------------------------------------------------------------------------------------------------
@@ -290,71 +288,6 @@ def callback_events(
     return [(event, n) for _, event, n in callback_log(1, epochs, steps_per_epoch, stop_at, max_steps)]
 
 
-class _LossRecorder(Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.epoch_means: list[float] = []
-
-    def on_step_end(self, context: StepContext) -> Control | None:
-        self.losses.append(context.loss)
-        return None
-
-    def on_epoch_end(self, context: EpochContext) -> None:
-        self.epoch_means.append(context.mean_loss)
-
-
-def train(epochs: int, steps_per_epoch: int, seed: int = 0, **options: Any) -> dict[str, Any]:
-    """Train the command's fixture student (vocab 32, the command's default hyperparameters, ``options``
-    overriding them: ``learning_rate``, ``alpha``, ``temperature``, ``batch_size``, ``student_vocab``, ...)
-    for ``epochs * steps_per_epoch`` steps and return the metrics: ``initial_loss``, ``final_loss``,
-    ``best_loss``, ``steps_completed``, ``losses`` (every step's loss) and ``epoch_means``.
-
-    A teacher/student vocab mismatch (``student_vocab``) raises the pipeline's ``ValueError``.
-    """
-    recorder = _LossRecorder()
-    result = _fixture_pipeline(epochs, steps_per_epoch, [recorder], seed=seed, **options).run()
-    m = result.metrics
-    return {
-        "initial_loss": m.initial_loss,
-        "final_loss": m.final_loss,
-        "best_loss": m.best_loss,
-        "steps_completed": m.steps_completed,
-        "losses": recorder.losses,
-        "epoch_means": recorder.epoch_means,
-    }
-
-
-def _softmax(table: np.ndarray) -> np.ndarray:
-    z = table - table.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def one_step(seed: int = 0) -> dict[str, Any]:
-    """One pipeline step of the command's fixture setup under ``seed``.
-
-    For every context (input token) that occurs at a non-ignored position of the step's batch, returns the
-    student's probability of the teacher's preferred (argmax) token for that context ``before`` and
-    ``after`` the step (lists aligned with ``contexts`` and ``preferred``), and the step's ``loss``.
-    """
-    pipeline = _fixture_pipeline(1, 1, seed=seed)
-    ids, labels = next(iter(pipeline.batches))
-    contexts = sorted({int(c) for c in ids[labels != IGNORE_INDEX]})
-    teacher_rows = pipeline.teacher.logits_for_batch(np.asarray([contexts]))[0]
-    preferred = teacher_rows.argmax(axis=-1)
-    student: FixtureStudent = pipeline.student  # type: ignore[assignment]
-    before = _softmax(student.table[contexts])[np.arange(len(contexts)), preferred]
-    result = pipeline.run()
-    after = _softmax(student.table[contexts])[np.arange(len(contexts)), preferred]
-    return {
-        "contexts": contexts,
-        "preferred": [int(p) for p in preferred],
-        "before": [float(p) for p in before],
-        "after": [float(p) for p in after],
-        "loss": result.metrics.initial_loss,
-    }
-
-
 def step_update(
     batch_size: int = 4, seq_len: int = 6, contexts_per_element: int = 3, seed: int = 0
 ) -> dict[str, Any]:
@@ -519,8 +452,6 @@ ATTRIBUTES = (
     "parse_smoke",
     "callback_log",
     "callback_events",
-    "train",
-    "one_step",
     "step_update",
     "sum_by_context",
     "progress_work",

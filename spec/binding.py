@@ -16,7 +16,9 @@ A binding declares
   check gets them from :meth:`BackendCatalog.namespaces`, a once-run check cannot use them;
 * ``strategies``: how a check's ``given`` variables are drawn (each builds a hypothesis strategy);
 * ``errors``: the exception types a check may name in ``raises``;
-* ``backends``: a :class:`BackendCatalog`, how backends are found, selected and put under test.
+* ``backends``: a :class:`BackendCatalog`, how backends are found, selected and put under test;
+* ``factors`` (optional): the simple factors a failure report looks for between actual and expected
+  (``{"T": 2.0, "T^2": 4.0, "V": 8}``), computed from the values a failing check used.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class Binding:
     subject_namespaces: tuple[str, ...] = ("kd",)
     dtypes: tuple[str, ...] = ("float64", "float32", "bfloat16")
     default_dtype: str = "float64"
+    factors: Callable[[Mapping[str, Any]], Mapping[str, float]] | None = None
 
 
 GROUP = "kd_contracts.bindings"

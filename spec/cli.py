@@ -1,4 +1,4 @@
-"""Command line: ``python -m spec {validate,generate,list,check}``.
+"""Command line: ``python -m spec {validate,generate,list,check,replay}``.
 
 Exit codes: 0 success, 1 the contracts (or the backends under test) fail, 2 a usage error.
 """
@@ -14,6 +14,14 @@ from spec.diagnostics import summary_line, to_json
 from spec.validate import RULES, UsageError, Validation, scanned_directories, validate
 
 DEFAULT_CONTRACTS = "contracts"
+SHIPPED_CONTRACTS = Path(__file__).resolve().parent.parent / "contracts"
+"""The contracts installed with the project (package data), used when the current folder has none: so
+``python -m spec check --backend mypkg.mod:BACKEND`` works from a port's own repository."""
+
+
+def default_contracts() -> str:
+    """``contracts/`` in the current folder when there is one, else the contracts installed with spec."""
+    return DEFAULT_CONTRACTS if Path(DEFAULT_CONTRACTS).is_dir() else str(SHIPPED_CONTRACTS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "paths",
         nargs="*",
-        default=[DEFAULT_CONTRACTS],
+        default=None,
         metavar="PATH",
-        help="contract files or directories (default: contracts/)",
+        help="contract files or directories (default: contracts/ here, else the installed contracts)",
     )
     v.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     v.add_argument(
@@ -70,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write falsifiers/test_<contract>.py for every contract, deterministically. "
         "With --check, write nothing: exit 1 and list the files that are stale or missing.",
     )
-    g.add_argument("paths", nargs="*", default=[DEFAULT_CONTRACTS], metavar="PATH")
+    g.add_argument("paths", nargs="*", default=None, metavar="PATH")
     g.add_argument(
         "--out", metavar="DIR", help="output directory (default: falsifiers/ beside the contracts)"
     )
@@ -81,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="list contracts, equations and falsifiers",
         description="List every contract with its equations and falsifiers (ID, scope, rule).",
     )
-    lst.add_argument("paths", nargs="*", default=[DEFAULT_CONTRACTS], metavar="PATH")
+    lst.add_argument("paths", nargs="*", default=None, metavar="PATH")
     lst.add_argument("--format", choices=("text", "json"), default="text")
 
     c = sub.add_parser(
@@ -98,25 +106,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated backends (numpy, torch, torch-cuda, cupy, package.module:attribute), "
         "'cuda' for every CUDA backend, 'all' (default) for every backend that loads here",
     )
-    c.add_argument("--contracts", default=DEFAULT_CONTRACTS, metavar="DIR", help="contracts directory")
+    c.add_argument("--contracts", default=None, metavar="DIR",
+                   help="contracts directory (default: contracts/ here, else the contracts installed with spec)")
     c.add_argument(
         "--suite", metavar="DIR", help="generated suite (default: falsifiers/ beside the contracts)"
     )
-    c.add_argument("--report", metavar="FILE", help="also write the table to FILE (.json or .md)")
+    c.add_argument("--report", metavar="FILE",
+                   help="also write a report to FILE (.json or .md): the table, run facts, and every failure "
+                   "with its diagnosis, counterexample file and reproduction command")
     c.add_argument(
         "--hypothesis-profile",
         choices=("ci", "dev", "thorough"),
-        help="how hard hypothesis searches (default: ci when CI=true, else dev)",
+        help="how hard hypothesis searches (default: ci when CI=true, else dev); see docs/porting.md",
     )
+    c.add_argument("-k", dest="keyword", metavar="EXPR",
+                   help="run only the falsifiers matching EXPR, e.g. -k F-KD-GRAD-001 or -k 'kd_loss and not GRAD'")
+    c.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    c.add_argument("--max-examples", type=_positive, metavar="N",
+                   help="at most N hypothesis examples per falsifier (fewer shapes: faster for ports that compile)")
+    c.add_argument("--seed", type=int, metavar="N", help="hypothesis seed (default: a fresh one, printed; "
+                   "the ci profile is derandomized)")
+    c.add_argument("--once", action="store_true",
+                   help="also run the falsifiers of scope 'once' (the project's own pipeline); they run by "
+                   "default only with --backend all")
+    c.add_argument("--failures-dir", metavar="DIR",
+                   help="where counterexample files go (default: $KD_CONTRACTS_FAILURES or .kd-contracts/failures)")
+
+    r = sub.add_parser(
+        "replay",
+        help="run one failed falsifier again on its saved counterexample",
+        description="Run the falsifier a counterexample file names, on the exact values it failed on (no "
+        "search), against the backend it failed on, and print the same report. Exit 0 when it now passes.",
+    )
+    r.add_argument("file", metavar="FILE", help="a counterexample file (.npz) a failed falsifier wrote")
+    r.add_argument("--backend", metavar="NAMES", help="replay against this backend instead of the one it failed on")
+    r.add_argument("--suite", metavar="DIR", help="generated suite (default: the one it failed in)")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"validate": _validate, "generate": _generate, "list": _list, "check": _check}[args.command](
-            args
-        )
+        if hasattr(args, "paths") and not args.paths:
+            args.paths = [default_contracts()]
+        commands = {"validate": _validate, "generate": _generate, "list": _list, "check": _check, "replay": _replay}
+        return commands[args.command](args)
     except UsageError as exc:
         print(f"python -m spec {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -196,9 +240,11 @@ def _list(args: argparse.Namespace) -> int:
                 "falsifiers": [
                     {
                         "id": f.id,
-                        "scope": f.check.scope if f.check else None,
+                        "scope": f.check.scope if f.check else ("once" if f.test else None),
                         "dtypes": list(f.check.dtypes) if f.check else [],
                         "rule": f.rule,
+                        "test": f.test,
+                        "requires": list(f.requires),
                     }
                     for f in c.falsifiers
                 ],
@@ -212,7 +258,7 @@ def _list(args: argparse.Namespace) -> int:
         for name, formula in row["equations"].items():
             print(f"  equation {name}: {' '.join(str(formula).split())}")
         for f in row["falsifiers"]:
-            scope = "per backend" if f["scope"] == "per_backend" else "once"
+            scope = "per backend" if f["scope"] == "per_backend" else ("test" if f["test"] else "once")
             if f["scope"] == "per_backend" and f["dtypes"] != ["float64"]:
                 scope += f" ({', '.join(f['dtypes'])})"
             print(f"  {f['id']:<28} {scope:<14} {f['rule']}")
@@ -220,29 +266,88 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_args(args: argparse.Namespace) -> list[str]:
+    """The pytest arguments ``spec check`` passes on."""
+    import random
+
+    from spec import profiles
+
+    extra = ["--hypothesis-profile", args.hypothesis_profile] if args.hypothesis_profile else []
+    if args.keyword:
+        extra += ["-k", args.keyword.replace("-", "_")]  # test names spell F-KD-GRAD-001 as F_KD_GRAD_001
+    if args.exitfirst:
+        extra.append("-x")
+    if args.max_examples:
+        extra += ["--max-examples", str(args.max_examples)]
+    try:
+        profile = args.hypothesis_profile or profiles.default_profile()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    seed = args.seed
+    if seed is None and profile != "ci":
+        seed = random.randrange(2**32)
+    if seed is not None:
+        extra += ["--hypothesis-seed", str(seed)]
+    if not args.once and "all" not in [t.strip() for t in args.backend.split(",")]:
+        extra.append("--skip-once")
+    if args.failures_dir:
+        extra += ["--failures-dir", args.failures_dir]
+    return extra
+
+
 def _check(args: argparse.Namespace) -> int:
     from spec.conformance import run_suite, write_report
 
     if args.report and Path(args.report).suffix not in (".json", ".md"):
         raise UsageError(f"--report {args.report}: name a .json or .md file")
-    suite = _suite_dir([args.contracts], args.suite)
-    print(f"== validate {args.contracts}")
-    result = validate([args.contracts], generated_dir=suite)
+    contracts = args.contracts or default_contracts()
+    suite = _suite_dir([contracts], args.suite)
+    print(f"== validate {contracts}")
+    result = validate([contracts], generated_dir=suite)
     _print_validation(result)
     if result.errors:
         print("Conformance: FAIL (the contracts or the generated suite are not valid; nothing was run)")
         return 1
+    extra = _check_args(args)
     print(f"== run the falsifiers in {suite} (--backend {args.backend})")
-    extra = ["--hypothesis-profile", args.hypothesis_profile] if args.hypothesis_profile else []
-    conformance = run_suite(suite, args.backend, extra)
+    facts = {
+        "command": " ".join(["python -m spec check", *sys.argv[2:]]) if sys.argv[1:2] == ["check"] else None,
+        "contracts": {c.name: {"version": c.version, "sha256": c.doc.sha256} for c in result.contracts},
+    }
+    conformance = run_suite(suite, args.backend, extra, facts)
     if conformance.exit_code in (2, 3, 4) and not conformance.cells:
         print("Conformance: FAIL (the suite could not run: see the error above)")
         return 2 if conformance.exit_code == 4 else 1
-    if not conformance.cells:
-        conformance.failures.append("no falsifier ran")
     print("\n== conformance")
     print(conformance.table())
     if args.report:
         write_report(conformance, Path(args.report))
         print(f"report written to {args.report}")
     return 0 if conformance.ok else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import pytest
+
+    from spec import replay
+
+    path = Path(args.file)
+    try:
+        meta, _ = replay.load(path)
+    except replay.ReplayError as exc:
+        raise UsageError(str(exc)) from None
+    suite = Path(args.suite or meta.get("suite") or _suite_dir([default_contracts()], None))
+    if not suite.is_dir():
+        raise UsageError(f"the suite {suite} that {path} failed in is gone: name one with --suite DIR")
+    backend = args.backend or meta.get("backend")
+    pytest_args = [str(suite), "-q", "-p", "no:cacheprovider", "--no-header", "-rfE", "--replay", str(path),
+                   "--failures-dir", str(path.parent), "-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    if backend:
+        pytest_args += ["--backend", backend]
+    print(f"== replay {meta.get('falsifier')} on {meta.get('subject')} from {path}")
+    code = int(pytest.main(pytest_args))
+    if code == 5:
+        print(f"nothing ran: {meta.get('falsifier')} on {meta.get('subject')} is not in {suite}", file=sys.stderr)
+        return 1
+    print(f"{meta.get('falsifier')} {'passes on' if code == 0 else 'still fails on'} the saved counterexample")
+    return 0 if code == 0 else 1

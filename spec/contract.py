@@ -26,6 +26,7 @@ class CheckSpec:
     tolerance: dict[str, float] = field(default_factory=dict)
     tolerance_reason: str | None = None
     max_examples: int | None = None
+    requires: tuple[str, ...] = ()
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> CheckSpec:
@@ -52,11 +53,16 @@ class CheckSpec:
             tolerance={k: float(v) for k, v in tolerance.items() if _is_number(v)},
             tolerance_reason=data.get("tolerance_reason"),
             max_examples=data.get("max_examples"),
+            requires=_names(data.get("requires")),
         )
 
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in _list(value) if isinstance(v, str))
 
 
 def _str(value: Any) -> str | None:
@@ -75,6 +81,9 @@ class FalsifierSpec:
     if_fails: str
     index: int
     check: CheckSpec | None
+    test: str | None = None
+    requires: tuple[str, ...] = ()
+    """What the backend must implement (``requires:`` on the falsifier, or on its check)."""
 
 
 @dataclass
@@ -125,6 +134,8 @@ class Contract:
                     if_fails=str(item.get("if_fails", "")),
                     index=i,
                     check=check,
+                    test=_str(item.get("test")),
+                    requires=tuple(dict.fromkeys((*_names(item.get("requires")), *(check.requires if check else ())))),
                 )
             )
         return cls(path, doc, falsifiers)

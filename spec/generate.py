@@ -118,6 +118,8 @@ def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
                 fields.append((name, "(\n" + "".join(f"        {_lit(v)},\n" for v in value) + "    )"))
             else:
                 fields.append((name, _lit(value)))
+    if f.requires:
+        fields.append(("requires", _lit(tuple(f.requires))))
     args = "".join(f"    {k}={v},\n" for k, v in fields)
     param = "subject: Subject" if check.scope == "per_backend" else ""
     call = "subject" if check.scope == "per_backend" else ""
@@ -133,12 +135,37 @@ def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
     )
 
 
+def _named_test_block(f: FalsifierSpec) -> str:
+    """A falsifier whose check is a Python test: the test runs under the falsifier's ID."""
+    const = re.sub(r"[^0-9a-zA-Z]+", "_", f.id)
+    fields = [
+        ("contract", "CONTRACT"),
+        ("binding", "BINDING"),
+        ("id", repr(f.id)),
+        ("rule", repr(f.rule)),
+        ("prediction", repr(f.prediction)),
+        ("if_fails", repr(f.if_fails)),
+        ("scope", repr("once")),
+        ("test", repr(f.test)),
+    ]
+    args = "".join(f"    {k}={v},\n" for k, v in fields)
+    return (
+        f"{const} = Falsifier(\n{args})\n"
+        f"# {f.id}: {_docstring(f.rule)}\n"
+        f"{test_function_name(f.id)} = {const}.named_test(__file__)\n"
+    )
+
+
 def render(contract: Contract, out_dir: Path) -> str:
     """The generated test module of ``contract``."""
     description = _docstring(contract.metadata.get("description", ""))
     per_backend = any(f.check is not None and f.check.scope == "per_backend" for f in contract.falsifiers)
     imports = "from spec.runtime import Falsifier, Subject" if per_backend else "from spec.runtime import Falsifier"
-    blocks = "\n\n".join(_falsifier_block(contract, f) for f in contract.falsifiers if f.check is not None)
+    blocks = "\n\n".join(
+        _falsifier_block(contract, f) if f.check is not None else _named_test_block(f)
+        for f in contract.falsifiers
+        if f.check is not None or f.test
+    )
     return (
         f"{HEADER}\n"
         f"# source: {escape(_source_path(contract, out_dir))}\n"

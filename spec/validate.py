@@ -45,7 +45,9 @@ RULES: dict[str, str] = {
     "ID-DUPLICATE": "a falsifier ID is used twice, in one contract or across contracts",
     "DEPENDS-MISSING": "depends_on names a contract that does not exist",
     "BINDING-INVALID": "the binding module cannot be imported or has no BINDING",
-    "CHECK-MISSING": "a falsifier has no executable check",
+    "CHECK-MISSING": "a falsifier has neither an executable check nor a test",
+    "TEST-INVALID": "a falsifier's test is missing, or does not name the falsifier back",
+    "TEST-AND-CHECK": "a falsifier has both a check and a test: keep one",
     "CHECK-SYNTAX": "a check expression does not parse",
     "CHECK-TOO-COMPLEX": "a check expression is too long or nests too deeply",
     "CHECK-FORBIDDEN": "a check expression uses something outside the whitelist",
@@ -267,6 +269,9 @@ def _contract_rules(contract: Contract, result: Validation) -> None:
     binding = _binding(contract, result)
     for f in contract.falsifiers:
         where = ("falsification_tests", f.index)
+        if "test" in contract.data["falsification_tests"][f.index]:
+            _named_test_rules(contract, f, result)
+            continue
         if f.check is None:
             if "check" not in contract.data["falsification_tests"][f.index]:
                 _add(
@@ -274,11 +279,27 @@ def _contract_rules(contract: Contract, result: Validation) -> None:
                     contract,
                     where,
                     "CHECK-MISSING",
-                    f"falsifier {f.id or f.index} has no check: every falsifier carries an executable check",
+                    f"falsifier {f.id or f.index} has no check: every falsifier carries an executable check "
+                    "(or names a Python test with test: path/to/test_file.py::test_name)",
                 )
             continue
         if binding is not None:
             _check_rules(contract, f, binding, result)
+
+
+def _named_test_rules(contract: Contract, f: FalsifierSpec, result: Validation) -> None:
+    """A ``test:`` falsifier: the test exists (read, not imported) and names the falsifier ID back."""
+    from spec import named_tests
+
+    where = ("falsification_tests", f.index)
+    if "check" in contract.data["falsification_tests"][f.index]:
+        _add(result, contract, (*where, "check"), "TEST-AND-CHECK",
+             f"{f.id}: has both a check and a test: keep the one that reads better, delete the other", key=True)
+    if not f.test or not f.id:  # not a string, or no ID: a schema error already
+        return
+    root = contract.path.resolve().parent.parent
+    for problem in named_tests.problems(root, f.test, f.id):
+        _add(result, contract, (*where, "test"), "TEST-INVALID", f"{f.id}: {problem}")
 
 
 def _binding(contract: Contract, result: Validation) -> Binding | None:

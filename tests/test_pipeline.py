@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reference import distill
 from reference import pipeline as pipeline_module
 from reference.pipeline import (
     IGNORE_INDEX,
@@ -82,9 +84,24 @@ def make(
     return Pipeline(teacher, student, batches, config, callbacks), teacher, student
 
 
+def make_command(seed: int, epochs: int, steps_per_epoch: int, callbacks=()) -> tuple[Pipeline, FixtureTeacher,
+                                                                                     FixtureStudent]:
+    """The setup of ``python -m reference.distill`` with its default hyperparameters, without outputs."""
+    config = dataclasses.replace(
+        distill.DEFAULTS, epochs=epochs, steps_per_epoch=steps_per_epoch, seed=seed, output_dir=None
+    )
+    teacher = FixtureTeacher(distill.VOCAB_SIZE, seed=seed)
+    student = FixtureStudent(distill.VOCAB_SIZE, seed=seed + 1, learning_rate=config.learning_rate)
+    batches = FixtureBatches(
+        teacher, batch_size=config.batch_size, seq_len=distill.SEQ_LEN, num_batches=steps_per_epoch, seed=seed + 2
+    )
+    return Pipeline(teacher, student, batches, config, callbacks, contract_versions={}), teacher, student
+
+
 # ---------------------------------------------------------------------------------------------- lifecycle
 
 
+@pytest.mark.falsifier_id("F-DISTILL-PIPELINE-003")
 def test_callback_order_and_counts() -> None:
     rec = Recorder()
     result = make([rec], epochs=3, steps_per_epoch=4)[0].run()
@@ -108,16 +125,19 @@ def test_callback_order_and_counts() -> None:
     assert result.output_path is None and not result.stopped_early
 
 
-@pytest.mark.parametrize("stop_at", [1, 3, 6])
+@pytest.mark.falsifier_id("F-DISTILL-PIPELINE-005")
+@pytest.mark.parametrize("stop_at", [1, 3, 4, 5, 6, 11, 12])
 def test_stop_is_honoured_after_the_current_step(stop_at: int) -> None:
     stopper, watcher = Recorder(stop_at=stop_at), Recorder()
     result = make([stopper, watcher], epochs=3, steps_per_epoch=4)[0].run()
     assert result.metrics.steps_completed == stop_at
     assert result.stopped_early
     assert [c.global_step for c in watcher.steps] == list(range(1, stop_at + 1))  # others see that step too
+    assert watcher.events == stopper.events  # the other callback sees step k and the same ending
     names = [name for name, _ in stopper.events]
-    assert names.count("train_end") == 1 and names[-1] == "train_end"
+    assert names.count("train_end") == 1 and stopper.events[-1] == ("train_end", stop_at)
     assert names[-2] == "epoch_end"  # the cut-short epoch still ends
+    assert [n for name, n in stopper.events if name == "epoch_end"] == list(range(1, math.ceil(stop_at / 4) + 1))
     assert stopper.epochs[-1].steps == (stop_at - 1) % 4 + 1
 
 
@@ -139,18 +159,28 @@ def test_deterministic_under_the_seed() -> None:
 # ---------------------------------------------------------------------------------------------- learning
 
 
-def test_loss_falls_over_three_epochs() -> None:
-    result = make(epochs=3, steps_per_epoch=10)[0].run()
+@pytest.mark.falsifier_id("F-DISTILL-PIPELINE-001")
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_loss_falls_over_three_epochs(seed: int) -> None:
+    rec = Recorder()
+    result = make_command(seed, epochs=3, steps_per_epoch=20, callbacks=[rec])[0].run()
     assert result.metrics.final_loss < result.metrics.initial_loss
+    means = [c.mean_loss for c in rec.epochs]
+    assert len(means) == 3 and means[0] > means[1] > means[2], means
 
 
-def test_ten_steps_bring_the_loss_under_90_percent_of_its_start() -> None:
-    result = make(epochs=1, steps_per_epoch=10)[0].run()
+@pytest.mark.falsifier_id("F-DISTILL-STUDENT-002")
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_ten_steps_bring_the_loss_under_90_percent_of_its_start(seed: int) -> None:
+    result = make_command(seed, epochs=1, steps_per_epoch=10)[0].run()
+    assert result.metrics.steps_completed == 10
     assert result.metrics.final_loss < 0.9 * result.metrics.initial_loss
 
 
-def test_one_step_moves_the_student_toward_the_teachers_preferred_token() -> None:
-    pipe, teacher, student = make(epochs=1, steps_per_epoch=1)
+@pytest.mark.falsifier_id("F-DISTILL-STUDENT-001")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_step_moves_the_student_toward_the_teachers_preferred_token(seed: int) -> None:
+    pipe, teacher, student = make_command(seed, epochs=1, steps_per_epoch=1)
     input_ids, labels = next(iter(pipe.batches))
     contexts = np.unique(input_ids[labels != IGNORE_INDEX])
     preferred = teacher.preferred_tokens[contexts]
@@ -163,7 +193,8 @@ def test_one_step_moves_the_student_toward_the_teachers_preferred_token() -> Non
 
     before = p_preferred()
     pipe.run()
-    assert np.all(p_preferred() > before)
+    assert len(contexts) > 0
+    assert np.all(p_preferred() > before), f"contexts that did not move: {contexts[p_preferred() <= before]}"
 
 
 class TwoBatch:
@@ -204,11 +235,12 @@ def test_the_student_receives_the_whole_batch() -> None:
 # ---------------------------------------------------------------------------------------------- errors
 
 
+@pytest.mark.falsifier_id("F-DISTILL-PIPELINE-006")
 def test_vocab_mismatch_is_an_error_before_any_step() -> None:
     rec = Recorder()
-    teacher = FixtureTeacher(16)
-    with pytest.raises(ValueError, match=r"teacher vocab size 16 != student vocab size 12"):
-        Pipeline(teacher, FixtureStudent(12), FixtureBatches(teacher), PipelineConfig(), [rec])
+    teacher = FixtureTeacher(32)
+    with pytest.raises(ValueError, match=r"teacher vocab size 32 != student vocab size 24"):
+        Pipeline(teacher, FixtureStudent(24), FixtureBatches(teacher), PipelineConfig(), [rec])
     assert rec.events == []
 
 

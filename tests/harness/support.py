@@ -44,7 +44,7 @@ def environment(**extra: str) -> dict[str, str]:
     """The subprocess environment: deterministic hypothesis, no bytecode written into the fixtures, and
     ``fixtures/`` importable and registered as a binding (``float64_only_binding``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    # this checkout first (not whichever copy is installed), then fixtures/ for float64_only_binding
+    # this checkout's code first (not an installed copy), wherever the subprocess runs, then fixtures/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(FIXTURES), env.get("PYTHONPATH", "")) if p)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["HYPOTHESIS_PROFILE"] = "ci"

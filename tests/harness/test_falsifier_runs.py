@@ -118,7 +118,7 @@ def test_a_falsified_prediction_is_reported_with_its_counterexample(tmp_path: Pa
 def check_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Run]]:
     out = tmp_path_factory.mktemp("reports")
     jobs = {
-        "json": ["-m", "spec", "check", "--backend", "numpy", "--report", str(out / "conformance.json")],
+        "json": ["-m", "spec", "check", "--backend", "numpy", "--once", "--report", str(out / "conformance.json")],
         "md": ["-m", "spec", "check", "--backend", "numpy", "--report", str(out / "sub" / "conformance.md")],
         "txt": ["-m", "spec", "check", "--backend", "numpy", "--report", str(out / "conformance.txt")],
     }
@@ -154,8 +154,11 @@ def test_check_writes_a_markdown_report(check_runs: tuple[Path, dict[str, Run]])
     text = (out / "sub" / "conformance.md").read_text("utf-8")
     assert text.startswith("# Conformance\n")
     assert re.search(r"^\| contract \| numpy", text, re.MULTILINE), text
+    once_only = {"distill-pipeline-v1", "distill-pipeline-observability-v1", "distill-smoke-validation-v1"}
     for name in SHIPPED:
-        assert f"| {name} |" in text
+        assert (f"| {name} |" in text) != (name in once_only), name
+    # naming only a backend leaves out the project's own pipeline falsifiers, and says so
+    assert re.search(r"^- \d+ x the falsifiers of scope 'once' .*add --once to run them$", text, re.MULTILINE), text
     assert "Conformance: PASS" in text
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from spec import checklang
 from spec.binding import BindingError, load_binding, registered
 from spec.generate import escape, quote, render
-from spec.runtime import Falsifier, FalsifierFailure
+from spec.runtime import Falsifier, FalsifierError
 from spec.validate import validate
 
 from .support import MINIMAL, assert_no_traceback, diagnostics, snapshot, spec
@@ -237,7 +237,7 @@ def _falsifier(expect: str, **extra: object) -> Falsifier:
 )
 def test_check_language_limits_are_reported(expect: str, limit: str) -> None:
     start = time.perf_counter()
-    with pytest.raises(FalsifierFailure, match="LimitExceeded") as info:
+    with pytest.raises(FalsifierError, match="LimitExceeded") as info:
         _falsifier(expect).run()
     assert limit in str(info.value)
     assert time.perf_counter() - start < 10
@@ -254,7 +254,7 @@ def test_check_language_time_limit() -> None:
 def test_catastrophic_match_pattern_times_out() -> None:
     falsifier = _falsifier("int('" + "a" * 40 + "!')", raises="ValueError", match="(a|aa)+$")
     start = time.perf_counter()
-    with pytest.raises(FalsifierFailure, match="catastrophic backtracking"):
+    with pytest.raises(FalsifierError, match="catastrophic backtracking"):
         falsifier.run()
     assert time.perf_counter() - start < 10
 
