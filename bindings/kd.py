@@ -10,8 +10,9 @@ Names a check may use:
 * the helpers of :mod:`bindings.kd_values` (``close``, ``finite``, ``nondecreasing``, ...), and
   ``kd_loss_numeric_gradient``; a few safe builtins (``abs``, ``all``, ``any``, ``len``, ``max``, ...);
 * ``block_softmax_sums(kd, tol)``, ``block_last_row(kd, op, tol)``: laws on fixed batches whose shapes cross
-  kernel block sizes (1025 and 4097 rows, V > 4096, V = 1); ``parity_subject(kd)``: ``kd``, or a skip reported as a self-comparison when the backend is the
-  reference itself;
+  kernel block sizes (1025 and 4097 rows, V > 4096, V = 1);
+* ``not_the_reference(kd)``: true, or a skip reported as a self-comparison when the backend is the reference
+  itself (the first ``let`` of a parity check);
 * strategies: ``kd_batch`` (a :class:`~bindings.kd_strategies.KDBatch` record), ``reduction``, ``choice``,
   ``number``.
 """
@@ -24,10 +25,9 @@ import numpy as np
 
 from bindings import kd_pipeline, kd_strategies, kd_values
 from bindings.kd_strategies import KD_BATCH_FIELDS, STEP_CASE_FIELDS, KDBatch
-from bindings.kd_subject import KD_OPS, KDBackends, Reference, parity_subject, round_to
+from bindings.kd_subject import KD_OPS, KDBackends, Reference, not_the_reference, round_to
 from reference import providers
 from spec.binding import Binding, Strategy
-
 
 NUMERIC_GRADIENT_STEP = {"float64": 1e-6, "float32": 2.0**-8}
 """Central-difference step per dtype: float32 (24 bits) needs a step large enough that rounding the loss
@@ -162,7 +162,7 @@ BINDING = Binding(
         "forward_of": forward_of,
         "block_softmax_sums": block_softmax_sums,
         "block_last_row": block_last_row,
-        "parity_subject": parity_subject,
+        "not_the_reference": not_the_reference,
         "IGNORE_INDEX": kd_strategies.IGNORE_INDEX,
         "inf": float("inf"),
         "nan": float("nan"),

@@ -91,10 +91,11 @@ def kd_batch(
 
     ``rows``/``vocab``: ranges of the row count and vocabulary size; ``ndim``: logits of 2 or 3 axes;
     ``scale``: standard deviation of the logits; ``ignore``: fraction of rows labelled ``ignore_index``
-    (``min_valid`` first rows are always valid, ``min_ignored`` last rows always ignored); ``masked``: fraction of vocabulary entries set to ``-inf``
-    in both student and teacher (never the label's entry, and never a whole row); ``extreme``: logits of
-    magnitude about 1e4; ``label_dtype``: the label dtype(s) drawn (``int64``, ``int32``: labels reach the
-    backend at that dtype); ``ignore_index``: the index of ignored rows (one value, or a list to draw from).
+    (the first ``min_valid`` rows are always valid, the last ``min_ignored`` always ignored); ``masked``:
+    fraction of vocabulary entries set to ``-inf`` in both student and teacher (never the label's entry, and
+    never a whole row); ``extreme``: logits of magnitude about 1e4; ``label_dtype``: the label dtype(s)
+    drawn (``int64``, ``int32``: labels reach the backend at that dtype); ``ignore_index``: the index of
+    ignored rows (one value, or a list to draw from).
     """
 
     @st.composite

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from hypothesis import control, target
 
 from spec import measure
@@ -326,7 +325,7 @@ def refused(fn: object, *args: object, match: str | None = None, **kwargs: objec
         if match is not None and not re.search(match, str(exc)):
             return Refusal(False, f"{name} raised ValueError({str(exc)!r}), which does not match {match!r}")
         return Refusal(True, f"{name} raised ValueError({str(exc)!r})")
-    except Exception as exc:  # noqa: BLE001 - reported: a bad input must give ValueError, not this
+    except Exception as exc:  # reported: a bad input must give ValueError, not this
         return Refusal(False, f"{name} raised {type(exc).__name__}({exc}) instead of ValueError")
     shown = np.asarray(result)
     return Refusal(False, f"{name} accepted the bad input and returned {shown!r:.200}")
