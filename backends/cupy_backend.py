@@ -155,8 +155,8 @@ class CupyBackend:
         return cupy, self._kernels
 
     def asarray(self, array: np.ndarray, dtype: str) -> Any:
-        """``array`` as a cupy array of ``dtype`` (float64, float32 or int64) on the current device."""
-        wanted = {"float64": np.float64, "float32": np.float32, LABEL_DTYPE: np.int64}
+        """``array`` as a cupy array of ``dtype`` (float64, float32, int64 or int32) on the current device."""
+        wanted = {"float64": np.float64, "float32": np.float32, LABEL_DTYPE: np.int64, "int32": np.int32}
         if dtype not in wanted:
             raise ValueError(
                 f"cupy backend cannot make arrays of dtype {dtype!r}: supported are "

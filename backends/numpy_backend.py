@@ -20,7 +20,12 @@ import numpy as np
 from backends.protocol import LABEL_DTYPE, Availability
 from reference import kd
 
-_DTYPES: dict[str, type[np.generic]] = {"float64": np.float64, "float32": np.float32, LABEL_DTYPE: np.int64}
+_DTYPES: dict[str, type[np.generic]] = {
+    "float64": np.float64,
+    "float32": np.float32,
+    LABEL_DTYPE: np.int64,
+    "int32": np.int32,
+}
 
 
 class NumpyBackend:
@@ -35,7 +40,7 @@ class NumpyBackend:
         return Availability.yes()
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        """``array`` as a numpy array of ``dtype`` (``float64``, ``float32`` or ``int64``)."""
+        """``array`` as a numpy array of ``dtype`` (``float64``, ``float32``, ``int64`` or ``int32``)."""
         if dtype not in _DTYPES:
             raise ValueError(
                 f"numpy backend cannot make arrays of dtype {dtype!r}: supported are {', '.join(map(repr, _DTYPES))}"

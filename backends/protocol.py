@@ -24,7 +24,7 @@ Environment and conversion (methods):
     ``Availability(False, "<one sentence: what is missing and how to get it>")``.
 ``asarray(array: np.ndarray, dtype: str) -> Array``
     A numpy array to the backend's own array type (and device). ``dtype`` is one of :attr:`dtypes` for
-    logits or ``"int64"`` for labels; any other dtype raises ``ValueError``.
+    logits, or ``"int64"`` or ``"int32"`` (:data:`LABEL_DTYPES`) for labels; any other dtype raises ``ValueError``.
 ``to_numpy(x: Array | float) -> np.ndarray``
     A backend array or scalar back to numpy: float64 for floating values (widened exactly), int64 for
     integers.
@@ -67,7 +67,11 @@ FLOAT_DTYPES: tuple[str, ...] = ("float64", "float32", "bfloat16")
 """Every float dtype a backend may declare, widest first."""
 
 LABEL_DTYPE: str = "int64"
-"""The dtype ``asarray`` is asked for when it converts labels."""
+"""The default label dtype (``asarray(labels, "int64")``)."""
+
+LABEL_DTYPES: tuple[str, ...] = ("int64", "int32")
+"""The label dtypes ``asarray`` must make: the suite hands labels over at the dtype the user passed
+(int64 as PyTorch does, int32 as many kernels take)."""
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 """The values ``Backend.device`` may take."""

@@ -105,13 +105,14 @@ class TorchBackend:
         return torch
 
     def asarray(self, array: np.ndarray, dtype: str) -> torch.Tensor:
-        """``array`` as a tensor of ``dtype`` (float64, float32, bfloat16 or int64) on this device."""
+        """``array`` as a tensor of ``dtype`` (float64, float32, bfloat16, int64 or int32) on this device."""
         torch = self._torch()
         wanted = {
             "float64": torch.float64,
             "float32": torch.float32,
             "bfloat16": torch.bfloat16,
             LABEL_DTYPE: torch.int64,
+            "int32": torch.int32,
         }
         if dtype not in wanted:
             raise ValueError(

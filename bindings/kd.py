@@ -9,6 +9,10 @@ Names a check may use:
   ``pipeline.run_distill``, ``pipeline.parse_smoke``, ``pipeline.callback_events``, ``pipeline.step_update``, ...);
 * the helpers of :mod:`bindings.kd_values` (``close``, ``finite``, ``nondecreasing``, ...), and
   ``kd_loss_numeric_gradient``; a few safe builtins (``abs``, ``all``, ``any``, ``len``, ``max``, ...);
+* ``block_softmax_sums(kd, tol)``, ``block_last_row(kd, op, tol)``: laws on fixed batches whose shapes cross
+  kernel block sizes (1025 and 4097 rows, V > 4096, V = 1);
+* ``not_the_reference(kd)``: true, or a skip reported as a self-comparison when the backend is the reference
+  itself (the first ``let`` of a parity check);
 * strategies: ``kd_batch`` (a :class:`~bindings.kd_strategies.KDBatch` record), ``reduction``, ``choice``,
   ``number``.
 """
@@ -21,15 +25,20 @@ import numpy as np
 
 from bindings import kd_pipeline, kd_strategies, kd_values
 from bindings.kd_strategies import KD_BATCH_FIELDS, STEP_CASE_FIELDS, KDBatch
-from bindings.kd_subject import KD_OPS, KDBackends, Reference
+from bindings.kd_subject import KD_OPS, KDBackends, Reference, not_the_reference, round_to
 from reference import providers
 from spec.binding import Binding, Strategy
 
+NUMERIC_GRADIENT_STEP = {"float64": 1e-6, "float32": 2.0**-8}
+"""Central-difference step per dtype: float32 (24 bits) needs a step large enough that rounding the loss
+(~1e-7 relative) stays small beside it."""
 
-def kd_loss_numeric_gradient(
-    ops: Any, batch: KDBatch, reduction: str = "mean", eps: float = 1e-6
-) -> np.ndarray:
-    """Central finite differences of ``ops.kd_loss`` (the backend's own loss) w.r.t. the student logits."""
+
+def kd_loss_numeric_gradient(ops: Any, batch: KDBatch, reduction: str = "mean", eps: float | None = None) -> np.ndarray:
+    """Central finite differences of ``ops.kd_loss`` (the backend's own loss) w.r.t. the student logits, taken
+    on the student logits rounded to the backend's dtype, with the step of :data:`NUMERIC_GRADIENT_STEP`."""
+    dtype = getattr(ops, "dtype", "float64")
+    step = eps if eps is not None else NUMERIC_GRADIENT_STEP.get(dtype, 1e-6)
 
     def loss(student: np.ndarray) -> np.ndarray:
         return ops.kd_loss(
@@ -41,7 +50,36 @@ def kd_loss_numeric_gradient(
             reduction=reduction,
         )
 
-    return kd_values.central_difference_gradient(loss, batch.student, eps)
+    return kd_values.central_difference_gradient(loss, round_to(batch.student, dtype), step)
+
+
+def block_softmax_sums(ops: Any, tol: float) -> object:
+    """Rows of ``ops.softmax`` sum to 1 on every batch of :func:`~bindings.kd_strategies.block_batches`."""
+    return kd_values.each(
+        [
+            kd_values.close(
+                kd_values.row_sums(ops.softmax(x.student, temperature=x.temperature)), np.ones(x.labels.shape), tol
+            )
+            for x in kd_strategies.block_batches()
+        ]
+    )
+
+
+def block_last_row(ops: Any, op: str, tol: float) -> object:
+    """On every batch of :func:`~bindings.kd_strategies.block_batches`, the last row of ``ops.<op>``
+    (``kd_loss`` or ``kd_logit_gradient``, reduction none) equals that row computed alone."""
+    fn = getattr(ops, op)
+
+    def rows(x: KDBatch, sl: slice) -> np.ndarray:
+        return fn(
+            x.student[sl], x.teacher[sl], x.labels[sl], temperature=x.temperature, alpha=x.alpha, reduction="none"
+        )
+
+    whole = slice(None)
+    last = slice(-1, None)
+    return kd_values.each(
+        [kd_values.close_scaled(rows(x, whole)[-1:], rows(x, last), tol) for x in kd_strategies.block_batches()]
+    )
 
 
 def factors(env: Any) -> dict[str, float]:
@@ -118,7 +156,19 @@ _HELPERS = {
         "close_scaled",
         "descend",
         "array",
-        "labels_of",
+        "exp",
+        "ln",
+        "onehot",
+        "row_constants",
+        "centered",
+        "row_variance",
+        "reduce_gradient",
+        "gradient_from_softmax",
+        "each",
+        "refused",
+        "label_array",
+        "unmask",
+        "on_grid",
     )
 }
 
@@ -129,6 +179,9 @@ BINDING = Binding(
         **_HELPERS,
         "kd_loss_numeric_gradient": kd_loss_numeric_gradient,
         "forward_of": forward_of,
+        "block_softmax_sums": block_softmax_sums,
+        "block_last_row": block_last_row,
+        "not_the_reference": not_the_reference,
         "IGNORE_INDEX": kd_strategies.IGNORE_INDEX,
         "inf": float("inf"),
         "nan": float("nan"),

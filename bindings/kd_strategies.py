@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 IGNORE_INDEX = -100
 REDUCTIONS = ("none", "sum", "mean")
+LABEL_DTYPES = ("int64", "int32")
 
 
 def _describe_array(name: str, a: np.ndarray) -> str:
@@ -80,16 +81,21 @@ def kd_batch(
     alpha: float | Sequence[float] = (0.0, 1.0),
     ignore: float = 0.3,
     min_valid: int = 0,
+    min_ignored: int = 0,
     masked: float = 0.0,
     extreme: bool = False,
+    label_dtype: str | Sequence[str] = LABEL_DTYPES,
+    ignore_index: int | Sequence[int] = IGNORE_INDEX,
 ) -> st.SearchStrategy[KDBatch]:
     """Random KD inputs.
 
     ``rows``/``vocab``: ranges of the row count and vocabulary size; ``ndim``: logits of 2 or 3 axes;
     ``scale``: standard deviation of the logits; ``ignore``: fraction of rows labelled ``ignore_index``
-    (``min_valid`` rows are always kept valid); ``masked``: fraction of vocabulary entries set to ``-inf``
-    in both student and teacher (never the label's entry, and never a whole row); ``extreme``: logits of
-    magnitude about 1e4.
+    (the first ``min_valid`` rows are always valid, the last ``min_ignored`` always ignored); ``masked``:
+    fraction of vocabulary entries set to ``-inf`` in both student and teacher (never the label's entry, and
+    never a whole row); ``extreme``: logits of magnitude about 1e4; ``label_dtype``: the label dtype(s)
+    drawn (``int64``, ``int32``: labels reach the backend at that dtype); ``ignore_index``: the index of
+    ignored rows (one value, or a list to draw from).
     """
 
     @st.composite
@@ -100,6 +106,8 @@ def kd_batch(
         seed = draw(st.integers(0, 2**32 - 1))
         t = float(draw(_range(temperature)))
         a = float(draw(_range(alpha)))
+        y_dtype = draw(st.sampled_from((label_dtype,) if isinstance(label_dtype, str) else tuple(label_dtype)))
+        skip = int(draw(st.sampled_from((ignore_index,) if isinstance(ignore_index, int) else tuple(ignore_index))))
         rng = np.random.default_rng(seed)
         if nd == 3:
             b = draw(st.integers(1, max(1, n)))
@@ -115,20 +123,40 @@ def kd_batch(
         labels = rng.integers(0, v, lead)
         flat = labels.reshape(-1)
         drop = rng.random(flat.size) < ignore
+        drop[flat.size - min(min_ignored, flat.size) :] = True
         drop[: min(min_valid, flat.size)] = False
-        flat[drop] = IGNORE_INDEX
+        flat[drop] = skip
         if masked > 0 and v > 1:
             mask = rng.random(shape) < masked
-            keep = np.where(labels == IGNORE_INDEX, 0, labels)
+            keep = np.where(labels == skip, 0, labels)
             np.put_along_axis(mask, keep[..., None], False, axis=-1)
             student = np.where(mask, -np.inf, student)
             teacher = np.where(mask, -np.inf, teacher)
         direction = rng.normal(0.0, 1.0, shape)
         direction -= direction.mean(axis=-1, keepdims=True)  # not a per-row constant shift
         direction[..., 0] += 1.0  # never exactly zero
-        return KDBatch(student, teacher, labels.astype(np.int64), t, a, direction)
+        return KDBatch(student, teacher, labels.astype(y_dtype), t, a, direction, skip)
 
     return build()
+
+
+BLOCK_SHAPES: tuple[tuple[int, int], ...] = ((1025, 5), (4097, 3), (3, 1025), (2, 4097), (1, 8193), (7, 1))
+"""Shapes ``[rows, V]`` that cross the block sizes kernels use (1024-row and 1024/4096-column tiles, one row
+or column past a block), plus ``V = 1``."""
+
+
+def block_batches(seed: int = 0) -> list[KDBatch]:
+    """One fixed KD batch per shape of :data:`BLOCK_SHAPES` (a few ignored rows, T = 2, alpha = 0.5): explicit
+    points, so every run checks every shape (hypothesis would draw them by luck)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n, v in BLOCK_SHAPES:
+        labels = rng.integers(0, v, n)
+        labels[rng.random(n) < 0.1] = IGNORE_INDEX
+        labels[0], labels[-1] = 0, v - 1  # the first and the last row are valid
+        direction = rng.normal(0.0, 1.0, (n, v))
+        out.append(KDBatch(rng.normal(0, 3, (n, v)), rng.normal(0, 3, (n, v)), labels, 2.0, 0.5, direction))
+    return out
 
 
 def reduction() -> st.SearchStrategy[str]:

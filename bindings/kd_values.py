@@ -7,12 +7,30 @@ and records the measured error with :func:`spec.measure.record` so reports show 
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from hypothesis import control, target
 
 from spec import measure
+
+_targets: dict[str, object] = {"context": None, "count": 0}
+
+
+def _steer(error: float, tol: float) -> None:
+    """Point hypothesis at larger errors: ``target(error / tol)`` under a label per comparison of the example
+    (a check may compare several times), so a search that comes near a tolerance keeps pushing past it."""
+    if not control.currently_in_test_context():
+        return
+    context = control.current_build_context()
+    if _targets["context"] is not context:
+        _targets.update(context=context, count=0)
+    _targets["count"] = int(_targets["count"]) + 1  # type: ignore[call-overload]
+    score = measure.ratio(error, tol) if math.isfinite(error) else 1e300
+    target(min(score, 1e300), label=f"error/tolerance #{_targets['count']}")
 
 
 @dataclass(frozen=True)
@@ -45,9 +63,10 @@ def close(actual: object, expected: object, tol: float) -> Comparison:
     worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
     error = float(diff[worst])
     measure.record(error, tol)
+    _steer(error, tol)
     where = f" at index {tuple(int(i) for i in worst)}" if diff.ndim else ""
     detail = f"{where}: actual {a[worst]!r}, expected {e[worst]!r}"
-    return Comparison(error <= tol, error, tol, detail)
+    return Comparison(bool(error <= tol), error, float(tol), detail)
 
 
 def finite(x: object) -> bool:
@@ -100,8 +119,9 @@ def rows_where(x: object, mask: object) -> np.ndarray:
 
 
 def all_ignored(labels: object, ignore_index: int = -100) -> np.ndarray:
-    """``labels`` with every row ignored."""
-    return np.full(np.shape(labels), ignore_index, dtype=np.int64)
+    """``labels`` with every row ignored (the same integer dtype)."""
+    dtype = np.asarray(labels).dtype
+    return np.full(np.shape(labels), ignore_index, dtype=dtype if dtype.kind == "i" else np.int64)
 
 
 def zeros_like(x: object) -> np.ndarray:
@@ -140,8 +160,9 @@ def widen_vocab(x: object, extra: int = 1) -> np.ndarray:
 
 
 def with_label(labels: object, value: int) -> np.ndarray:
-    """``labels`` with its first entry set to ``value``."""
-    out = np.array(labels, dtype=np.int64)
+    """``labels`` with its first entry set to ``value`` (the same integer dtype)."""
+    out = np.array(labels)
+    out = out if out.dtype.kind == "i" else out.astype(np.int64)
     out.reshape(-1)[0] = value
     return out
 
@@ -212,13 +233,120 @@ def descend(
 
 
 def array(values: object) -> np.ndarray:
-    """``values`` (nested lists, or one number for a 0-d array) as a float64 array: literal inputs for a check."""
-    return np.asarray(values, dtype=np.float64)
+    """A float64 array from nested lists (``-inf`` allowed): hand-checkable points written in a check."""
+    return np.array(values, dtype=np.float64)
 
 
-def labels_of(values: object, dtype: str = "int64") -> np.ndarray:
-    """``values`` as labels of the integer ``dtype`` (``int64``, ``uint64``, ...), stored exactly."""
+def exp(x: object) -> np.ndarray:
+    return np.exp(np.asarray(x, dtype=np.float64))
+
+
+def ln(x: object) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(np.asarray(x, dtype=np.float64))
+
+
+def onehot(labels: object, vocab: int, ignore_index: int = -100) -> np.ndarray:
+    """``e_y`` per row, float64 ``[..., vocab]``; an all-zero row where the label is ``ignore_index``."""
+    y = np.asarray(labels).astype(np.int64)
+    return ((np.arange(int(vocab)) == y[..., None]) & (y != ignore_index)[..., None]).astype(np.float64)
+
+
+def row_constants(labels: object, spread: float, seed: int = 0) -> np.ndarray:
+    """One constant per row (shape of ``labels``), of magnitude in ``[spread / 2, spread]`` and alternating
+    sign, so neighbouring rows differ by at least ``spread``: no single global constant does it."""
+    shape = np.shape(labels)
+    n = int(np.prod(shape, dtype=np.int64))
+    magnitude = np.random.default_rng(seed).uniform(0.5, 1.0, n) * float(spread)
+    sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    return (sign * magnitude).reshape(shape)
+
+
+def centered(x: object) -> np.ndarray:
+    """``x`` minus its mean over the last axis."""
+    a = np.asarray(x, dtype=np.float64)
+    return a - a.mean(axis=-1, keepdims=True)
+
+
+def row_variance(x: object) -> np.ndarray:
+    """The population variance of each row (last axis): ``mean_v (x_v - mean x)^2``."""
+    return (centered(x) ** 2).mean(axis=-1)
+
+
+def reduce_gradient(per_row: object, labels: object, reduction: str, ignore_index: int = -100) -> np.ndarray:
+    """A per-row gradient zeroed on ignored rows, divided by the valid-row count for ``mean``."""
+    g = np.where((np.asarray(labels) != ignore_index)[..., None], np.asarray(per_row, dtype=np.float64), 0.0)
+    n = valid_count(labels, ignore_index)
+    return g / n if reduction == "mean" and n else g
+
+
+def gradient_from_softmax(ops: object, batch: object, reduction: str) -> np.ndarray:
+    """The closed form of ``d kd_loss / d s`` built from ``ops.softmax`` (the backend's own softmax):
+    ``alpha (softmax(s) - e_y) + (1 - alpha) T (softmax(s/T) - softmax(t/T))``, zero on ignored rows, divided
+    by the valid-row count for ``mean``."""
+    b = batch
+    t, a = b.temperature, b.alpha  # type: ignore[attr-defined]
+    hard = ops.softmax(b.student) - onehot(b.labels, b.vocab, b.ignore_index)  # type: ignore[attr-defined]
+    soft = ops.softmax(b.student, temperature=t) - ops.softmax(b.teacher, temperature=t)  # type: ignore[attr-defined]
+    per_row = (a * hard if a else 0.0) + ((1.0 - a) * t * soft if a != 1.0 else 0.0)
+    return reduce_gradient(np.broadcast_to(per_row, hard.shape), b.labels, reduction, b.ignore_index)  # type: ignore[attr-defined]
+
+
+def each(outcomes: Sequence[object]) -> object:
+    """All of ``outcomes`` hold: the first that fails (with its ``describe()``), else the comparison with the
+    largest error (or the last outcome)."""
+    items = list(outcomes)
+    failed = [c for c in items if not c]
+    if failed:
+        return failed[0]
+    measured = [c for c in items if isinstance(c, Comparison)]
+    return max(measured, key=lambda c: c.error) if measured else (items[-1] if items else True)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    ok: bool
+    detail: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def describe(self) -> str:
+        return self.detail
+
+
+def refused(fn: object, *args: object, match: str | None = None, **kwargs: object) -> Refusal:
+    """Whether ``fn(*args, **kwargs)`` raises ValueError (whose message matches ``match``, if given). Lets one
+    example try every bad input, so no bad input is left to the luck of the draw."""
+    name = getattr(fn, "__name__", repr(fn))
+    try:
+        result = fn(*args, **kwargs)  # type: ignore[operator]
+    except ValueError as exc:
+        if match is not None and not re.search(match, str(exc)):
+            return Refusal(False, f"{name} raised ValueError({str(exc)!r}), which does not match {match!r}")
+        return Refusal(True, f"{name} raised ValueError({str(exc)!r})")
+    except Exception as exc:  # reported: a bad input must give ValueError, not this
+        return Refusal(False, f"{name} raised {type(exc).__name__}({exc}) instead of ValueError")
+    shown = np.asarray(result)
+    return Refusal(False, f"{name} accepted the bad input and returned {shown!r:.200}")
+
+
+def label_array(values: object, dtype: str = "int64") -> np.ndarray:
+    """``values`` as labels of the integer ``dtype`` (``int64``, ``int32``, ``uint64``, ...), stored exactly."""
     kind = np.dtype(dtype)
     if kind.kind not in "iu":
-        raise ValueError(f"labels_of: {dtype!r} is not an integer dtype")
+        raise ValueError(f"label_array: {dtype!r} is not an integer dtype")
     return np.asarray(values, dtype=kind)
+
+
+def unmask(x: object, value: float) -> np.ndarray:
+    """``x`` with every ``-inf`` replaced by ``value`` (a masked entry as the limit of a very negative one)."""
+    a = np.array(x, dtype=np.float64)
+    return np.where(np.isneginf(a), float(value), a)
+
+
+def on_grid(x: object, step: float, limit: float) -> np.ndarray:
+    """``x`` clipped to ``[-limit, limit]`` and rounded to multiples of ``step`` (``-inf`` kept): with a
+    power-of-two step and a small limit every value, and every sum of two, is exact even in bfloat16."""
+    a = np.asarray(x, dtype=np.float64)
+    return np.where(np.isneginf(a), a, np.round(np.clip(a, -limit, limit) / step) * step)

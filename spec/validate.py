@@ -63,6 +63,9 @@ RULES: dict[str, str] = {
     "TOLERANCE-INVALID": "a tolerance is not a positive finite number, or a dtype has none",
     "TOLERANCE-REASON": "float32/bfloat16 tolerances without tolerance_reason (warning)",
     "QA-GATE-MISSING": "the contract has no qa_gate (warning)",
+    "COVERS-UNKNOWN": "a falsifier's covers names no invariant or proof obligation of its contract",
+    "COVERAGE-MISSING": "an invariant or proof obligation with no falsifier that covers it (warning)",
+    "COVERAGE-DTYPE": "an invariant or obligation covered on fewer dtypes than the contract declares (warning)",
     "GENERATED-MISSING": "the generated test file of a contract is missing",
     "GENERATED-STALE": "the generated test file of a contract does not match the contract",
 }
@@ -194,6 +197,7 @@ def validate(paths: Iterable[str | Path], *, generated_dir: Path | None = None) 
     _cross_contract_rules(result)
     for contract in result.contracts:
         _contract_rules(contract, result)
+        _coverage_rules(contract, result)
     if generated_dir is not None and not result.errors:
         from spec.generate import stale_files
 
@@ -461,5 +465,69 @@ def _tolerance_rules(contract: Contract, f: FalsifierSpec, add: Any) -> None:
                 ("tolerance",),
                 "TOLERANCE-REASON",
                 "float32/bfloat16 tolerances need a tolerance_reason saying where the error comes from",
+                WARNING,
+            )
+
+
+def _coverage_rules(contract: Contract, result: Validation) -> None:
+    """Every invariant (``equations.<name>.invariants[i]``) and proof obligation (``proof_obligations[i].
+    property``) is named by the ``covers`` list of a falsifier that tests it, on every dtype the contract's
+    per-backend checks declare; a ``covers`` entry must name one of them."""
+    claims: dict[str, tuple[tuple[Any, ...], str]] = {}  # text -> (pointer, what)
+    equations = contract.data.get("equations")
+    for name, eq in (equations.items() if isinstance(equations, dict) else []):
+        invariants = eq.get("invariants") if isinstance(eq, dict) else None
+        for i, text in enumerate(invariants if isinstance(invariants, list) else []):
+            if isinstance(text, str):
+                claims.setdefault(text, (("equations", name, "invariants", i), f"invariant '{text}' of {name}"))
+    obligations = contract.data.get("proof_obligations")
+    for i, ob in enumerate(obligations if isinstance(obligations, list) else []):
+        if isinstance(ob, dict) and isinstance(ob.get("property"), str):
+            text = ob["property"]
+            claims.setdefault(text, (("proof_obligations", i, "property"), f"proof obligation '{text}'"))
+
+    declared: set[str] = set()
+    tested: dict[str, set[str]] = {text: set() for text in claims}
+    items = contract.data.get("falsification_tests")
+    for f in contract.falsifiers:
+        runs = set(f.check.dtypes) if f.check is not None and f.check.scope == "per_backend" else set()
+        declared |= runs
+        raw = items[f.index].get("covers") if isinstance(items, list) else None
+        for j, text in enumerate(raw if isinstance(raw, list) else []):
+            if not isinstance(text, str):
+                continue  # a schema error already
+            if text not in claims:
+                hint = checklang.did_you_mean(text, claims)
+                _add(
+                    result,
+                    contract,
+                    ("falsification_tests", f.index, "covers", j),
+                    "COVERS-UNKNOWN",
+                    f"{f.id}: covers '{text}', which is no invariant or proof obligation of this contract{hint}",
+                )
+                continue
+            # a check that runs once (not per backend and dtype) covers its claim whatever the dtype
+            tested[text] |= runs if runs else {"*"}
+    for text, (pointer, what) in claims.items():
+        dtypes = tested[text]
+        if not dtypes:
+            _add(
+                result,
+                contract,
+                pointer,
+                "COVERAGE-MISSING",
+                f"{what} has no falsifier that tests it: add one and name it in its covers list",
+                WARNING,
+            )
+        elif "*" not in dtypes and declared - dtypes:
+            missing = ", ".join(d for d in ("float64", "float32", "bfloat16") if d in declared - dtypes)
+            _add(
+                result,
+                contract,
+                pointer,
+                "COVERAGE-DTYPE",
+                f"{what} is tested on {', '.join(sorted(dtypes))} only, not on {missing}, which the contract's "
+                "checks declare: add those dtypes to a covering falsifier (with a per-dtype tolerance, or on "
+                "inputs every dtype holds exactly)",
                 WARNING,
             )

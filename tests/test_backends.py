@@ -24,7 +24,7 @@ from backends.protocol import (
     missing_members,
 )
 from reference import kd
-from tests.ports import BUGGY, PORTS
+from tests.ports import PORTS, VALUE_BUGS
 from tests.ports.good_port import GoodPort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -439,6 +439,6 @@ def test_good_port_has_no_difference_on_the_bug_revealing_inputs():
     assert _max_difference_from_reference(backends.get(PORTS["good_port"])) < 1e-12
 
 
-@pytest.mark.parametrize("module", BUGGY)
+@pytest.mark.parametrize("module", VALUE_BUGS)
 def test_each_bug_port_differs_from_the_reference(module):
     assert _max_difference_from_reference(backends.get(PORTS[module])) > 1e-3

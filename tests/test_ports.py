@@ -1,7 +1,10 @@
-"""A backend written outside the project and plugged in with ``--backend module:attribute`` passes the
-falsifier suite when it is correct, and fails it with a named falsifier for each classic KD bug.
+"""Backends written outside the project, plugged in with ``--backend module:attribute``: the faithful port passes
+the whole falsifier suite, and each port with a planted bug fails it, first at the falsifier the kill table
+(:data:`tests.ports.KILL_TABLE`) names, a reference-free law, whatever the hypothesis seed.
 
-Each port runs the whole kd-loss, kd-step and parity suite in a real ``pytest`` subprocess, as a porter would.
+Each port runs the kd-loss, kd-step and parity suite in a real ``pytest`` subprocess, as a porter would: once
+under the ``ci`` profile (derandomized) and once under ``dev`` with another seed; ``KD_THOROUGH=1`` adds runs
+under the ``thorough`` profile with more seeds. A bug port's run stops at its first failure (``-x``).
 """
 
 from __future__ import annotations
@@ -10,53 +13,107 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
+
+from tests.ports import KILL_TABLE, PORTS
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITE = ["falsifiers/test_kd_loss_v1.py", "falsifiers/test_kd_step_v1.py", "falsifiers/test_backend_parity_v1.py"]
+SUITE = ("falsifiers/test_kd_loss_v1.py", "falsifiers/test_kd_step_v1.py", "falsifiers/test_backend_parity_v1.py")
+CONTRACTS = ("contracts/kd-loss-v1.yaml", "contracts/kd-step-v1.yaml", "contracts/backend-parity-v1.yaml")
 
-# port module -> falsifiers that must fail on it (each names the bug in its if_fails)
-BUGS = {
-    "bug_wrong_kl_direction": {"F-KD-GRAD-001", "F-PARITY-005"},
-    "bug_missing_t_squared": {"F-KD-GRAD-001", "F-PARITY-005"},
-    "bug_mean_over_all_rows": {"F-KD-REDUCE-001"},
-    "bug_kd_on_ignored_rows": {"F-KD-MASK-001"},
-    "bug_softmax_no_max_shift": {"F-KD-FINITE-001"},
-    "bug_alpha_wrong_term": {"F-DISTILL-KDSTEP-001"},
-    "bug_temperature_on_ce": {"F-DISTILL-KDSTEP-001"},
-    "bug_undivided_mean_gradient": {"F-KD-GRAD-001", "F-KD-REDUCE-001"},
-}
+THOROUGH = os.environ.get("KD_THOROUGH", "").lower() in ("1", "true", "yes")
+RUNS: tuple[tuple[str, int | None], ...] = (("ci", None), ("dev", 20261121)) + (
+    (("thorough", 1), ("thorough", 2), ("thorough", 3)) if THOROUGH else ()
+)
+"""(hypothesis profile, seed) of each run; ``None``: the profile's own (``ci`` is derandomized)."""
 
 
-def run_suite(port: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CI": "true", "HYPOTHESIS_PROFILE": "ci"}
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", *SUITE, "-q", "-p", "no:cacheprovider", "--backend",
-         f"tests.ports.{port}:BACKEND"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    first_failure: str | None  # the ID of the first falsifier that failed
+    output: str
+
+    def __str__(self) -> str:
+        return "passes" if self.passed else f"fails first at {self.first_failure}"
 
 
-def failed_ids(output: str) -> set[str]:
-    return set(re.findall(r"^(F[T]?-[A-Z0-9-]+) falsified on ", output, flags=re.MULTILINE))
+def _run(port: str, profile: str, seed: int | None) -> Verdict:
+    env = {**os.environ, "CI": "true", "HYPOTHESIS_PROFILE": profile}
+    args = [sys.executable, "-m", "pytest", *SUITE, "-q", "-p", "no:cacheprovider", "--backend", PORTS[port]]
+    if port != "good_port":
+        args.append("-x")
+    if seed is not None:
+        args.append(f"--hypothesis-seed={seed}")
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    output = result.stdout + result.stderr
+    failures = re.findall(r"^(F-[A-Z0-9-]+) falsified on ", result.stdout, flags=re.MULTILINE)
+    if result.returncode not in (0, 1):
+        pytest.fail(f"pytest on {port} ended with exit code {result.returncode}:\n{output[-3000:]}")
+    return Verdict(result.returncode == 0, failures[0] if failures else None, output)
 
 
-def test_a_correct_independent_port_passes_every_falsifier() -> None:
-    result = run_suite("good_port")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert re.search(r"\d+ passed", result.stdout)
-    assert "failed" not in result.stdout.splitlines()[-1]
+@cache
+def verdicts() -> dict[tuple[str, str, int | None], Verdict]:
+    """Every port under every run, run side by side (one subprocess per port and run)."""
+    jobs = [(port, profile, seed) for port in PORTS for profile, seed in RUNS]
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
+        return dict(zip(jobs, pool.map(lambda job: _run(*job), jobs)))
 
 
-@pytest.mark.parametrize("port", sorted(BUGS))
-def test_each_classic_kd_bug_fails_a_named_falsifier(port: str) -> None:
-    result = run_suite(port)
-    assert result.returncode == 1, f"the suite passed a port with a planted bug:\n{result.stdout[-2000:]}"
-    failed = failed_ids(result.stdout)
-    missing = BUGS[port] - failed
-    assert not missing, f"{port}: expected {sorted(BUGS[port])} to fail, failed: {sorted(failed)}"
-    assert "Traceback" not in result.stdout + result.stderr
-    # the report a porter reads: ID, prediction, diagnosis and a counterexample
-    assert "prediction:" in result.stdout and "if it fails:" in result.stdout and "counterexample:" in result.stdout
+def _checks() -> dict[str, dict]:
+    out = {}
+    for path in CONTRACTS:
+        for f in yaml.safe_load((ROOT / path).read_text())["falsification_tests"]:
+            out[f["id"]] = f
+    return out
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[f"{p}-{s}" for p, s in RUNS])
+def test_the_faithful_port_passes_every_falsifier(run: tuple[str, int | None]) -> None:
+    verdict = verdicts()[("good_port", *run)]
+    assert verdict.passed, verdict.output[-3000:]
+    assert re.search(r"\d+ passed", verdict.output) and " failed" not in verdict.output.splitlines()[-1]
+
+
+@pytest.mark.parametrize("port", sorted(KILL_TABLE))
+def test_each_bug_fails_first_at_the_falsifier_the_kill_table_names(port: str) -> None:
+    bug, killer = KILL_TABLE[port]
+    for run in RUNS:
+        verdict = verdicts()[(port, *run)]
+        assert not verdict.passed, f"{port} ({bug}) passed the suite under {run}:\n{verdict.output[-2000:]}"
+        assert verdict.first_failure == killer, (
+            f"{port} ({bug}) under {run}: first failure {verdict.first_failure}, the kill table says {killer}\n"
+            + verdict.output[-3000:]
+        )
+        # the report a porter reads: the ID, the prediction and the diagnosis, no traceback
+        assert "prediction:" in verdict.output and "if it fails:" in verdict.output
+        assert "Traceback" not in verdict.output
+
+
+def test_verdicts_do_not_depend_on_the_seed() -> None:
+    differing = {
+        port: {run: str(verdicts()[(port, *run)]) for run in RUNS}
+        for port in PORTS
+        if len({str(verdicts()[(port, *run)]) for run in RUNS}) > 1
+    }
+    assert not differing, f"verdicts differ between hypothesis seeds: {differing}"
+
+
+def test_every_killer_is_a_reference_free_law() -> None:
+    """The first falsifier to fail tells the porter which law broke: none of them compares with ``ref``."""
+    checks = _checks()
+    for port, (_bug, killer) in KILL_TABLE.items():
+        text = yaml.safe_dump(checks[killer]["check"])
+        assert "ref." not in text and not killer.startswith("F-PARITY"), f"{port}: {killer} uses the reference"
+
+
+def test_every_bug_port_is_in_the_kill_table() -> None:
+    modules = {p.stem for p in (ROOT / "tests" / "ports").glob("bug_*.py")}
+    assert modules == set(KILL_TABLE), modules ^ set(KILL_TABLE)

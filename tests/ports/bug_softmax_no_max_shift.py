@@ -13,6 +13,7 @@ from tests.ports.good_port import GoodPort
 
 class SoftmaxNoMaxShift(GoodPort):
     name = "bug-softmax-no-max-shift"
+    dtypes = ("float64",)  # the bug is dtype-independent: one dtype keeps the suite fast
 
     def _log_softmax(self, z: np.ndarray, temperature: float) -> np.ndarray:
         scaled = z / temperature

@@ -14,6 +14,7 @@ from tests.ports.good_port import GoodPort
 
 class WrongKLDirection(GoodPort):
     name = "bug-wrong-kl-direction"
+    dtypes = ("float64",)  # the bug is dtype-independent: one dtype keeps the suite fast
 
     def _kd_divergence(self, s: np.ndarray, t: np.ndarray, temperature: float) -> np.ndarray:
         return self._kl(t, s, temperature)  # KL(softmax(s/T) || softmax(t/T)): arguments swapped

@@ -16,7 +16,8 @@ KD bug; so the hooks are where the math lives:
 The gradient is derived from the same hooks (``w_ce (softmax(s/Tc) - e_y) / Tc + (w_kl / T) (q - p)``), so a
 bug planted in a hook changes loss and gradient consistently unless the bug is meant to split them.
 
-Use: ``python -m spec check --backend tests.ports.good_port:BACKEND`` (from the repository root).
+It takes float64 and float32 logits (computing in float64, as the numpy backend does) and int64 and int32
+labels. Use: ``python -m spec check --backend tests.ports.good_port:BACKEND`` (from the repository root).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from backends.protocol import Availability
 
 REDUCTIONS = ("none", "sum", "mean")
+ARRAY_DTYPES = {"float64": np.float64, "float32": np.float32, "int64": np.int64, "int32": np.int32}
 
 
 class GoodPort:
@@ -36,7 +38,7 @@ class GoodPort:
 
     name = "good-port"
     device = "cpu"
-    dtypes: tuple[str, ...] = ("float64",)
+    dtypes: tuple[str, ...] = ("float64", "float32")
 
     # ----------------------------------------------------------------------------------------------------
     # Environment and conversion.
@@ -46,11 +48,9 @@ class GoodPort:
         return Availability(True)
 
     def asarray(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        if dtype == "float64":
-            return np.asarray(array, dtype=np.float64)
-        if dtype == "int64":
-            return np.asarray(array, dtype=np.int64)
-        raise ValueError(f"{self.name} supports float64 logits and int64 labels, not {dtype!r}")
+        if dtype not in ARRAY_DTYPES:
+            raise ValueError(f"{self.name} supports float64/float32 logits and int64/int32 labels, not {dtype!r}")
+        return np.asarray(array, dtype=ARRAY_DTYPES[dtype])
 
     def to_numpy(self, x: Any) -> np.ndarray:
         array = np.asarray(x)
