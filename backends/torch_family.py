@@ -96,7 +96,8 @@ def _skew(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
 def _skew_reverse(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
     assert w is not None
     lm = _mix(torch, w, lq, lp)
-    return _kl(torch, lq, lm), _times_q(torch, lq, lq - lm - w * (lq - lm).exp())
+    share = (lq - lm + math.log(w)).exp() if w > 0.0 else 0.0  # w q / m <= 1: never overflows
+    return _kl(torch, lq, lm), _times_q(torch, lq, lq - lm - share)
 
 
 def _total_variation(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:

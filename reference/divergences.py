@@ -148,8 +148,8 @@ def _skew_reverse_score(lq: Rows, lp: Rows, skew: float | None) -> Rows:
     assert skew is not None
     # d/dq_v of sum q (log q - log m), m = skew q + (1-skew) p: log q_v - log m_v + 1 - skew q_v / m_v.
     lm = log_mixture(skew, lq, lp)
-    with np.errstate(invalid="ignore"):
-        return _times_q(lq, lq - lm - skew * np.exp(lq - lm))
+    share = np.exp(math.log(skew) + lq - lm) if skew > 0.0 else 0.0  # skew q / m <= 1: never overflows
+    return _times_q(lq, lq - lm - share)
 
 
 def _tv_value(lq: Rows, lp: Rows, _: float | None) -> np.ndarray:
@@ -337,7 +337,8 @@ def dense_value_rows(
     divergence: Divergence, s: np.ndarray, t: np.ndarray, temperature: float, parameter: float | None
 ) -> np.ndarray:
     """``D(softmax(t/T), softmax(s/T))`` per row of validated ``[N, V]`` logits."""
-    return divergence.value(log_softmax_rows(s, temperature), log_softmax_rows(t, temperature), parameter)
+    with np.errstate(invalid="ignore", over="ignore"):  # -inf - -inf where both sides are masked; discarded
+        return divergence.value(log_softmax_rows(s, temperature), log_softmax_rows(t, temperature), parameter)
 
 
 def dense_gradient_rows(
@@ -345,5 +346,6 @@ def dense_gradient_rows(
 ) -> np.ndarray:
     """``dD_i / ds_i = (g - q sum_u g_u) / T`` with ``g = dD / d log q`` (the chain rule through log_softmax)."""
     lq = log_softmax_rows(s, temperature)
-    g = divergence.score(lq, log_softmax_rows(t, temperature), parameter)
+    with np.errstate(invalid="ignore", over="ignore"):  # -inf - -inf where both sides are masked; discarded
+        g = divergence.score(lq, log_softmax_rows(t, temperature), parameter)
     return (g - np.exp(lq) * g.sum(axis=-1, keepdims=True)) / temperature

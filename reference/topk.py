@@ -239,6 +239,13 @@ def topk_value_and_gradient(
     With ``G_b = dD / d log Q_b`` and bucket ``b(v)`` of token ``v``: ``dD/dz_v = (q_v / Q_b(v)) G_b(v) -
     q_v sum_b G_b``, ``z = s / T`` (``q`` the student's softmax over what the buckets cover).
     """
+    with np.errstate(invalid="ignore", over="ignore"):  # -inf - -inf where both sides are masked; discarded
+        return _topk_value_and_gradient(rows, mode, divergence, parameter, temperature)
+
+
+def _topk_value_and_gradient(
+    rows: TopKRows, mode: str, divergence: Divergence, parameter: float | None, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
     s, lp, ids = rows.s, rows.logprobs, rows.ids
     vocab = s.shape[-1]
     has_tail = mode == "tail" and ids.shape[-1] < vocab

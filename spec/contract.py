@@ -26,6 +26,7 @@ class CheckSpec:
     tolerance: dict[str, float] = field(default_factory=dict)
     tolerance_reason: str | None = None
     max_examples: int | None = None
+    requires: tuple[str, ...] = ()
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> CheckSpec:
@@ -52,6 +53,7 @@ class CheckSpec:
             tolerance={k: float(v) for k, v in tolerance.items() if _is_number(v)},
             tolerance_reason=data.get("tolerance_reason"),
             max_examples=data.get("max_examples"),
+            requires=tuple(r for r in _list(data.get("requires")) if isinstance(r, str)),
         )
 
 

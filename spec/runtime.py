@@ -59,6 +59,7 @@ class Falsifier:
     match: str | None = None
     tolerance: Mapping[str, float] = field(default_factory=dict)
     max_examples: int | None = None
+    requires: tuple[str, ...] = ()
 
     @property
     def mark(self) -> Any:
@@ -84,6 +85,12 @@ class Falsifier:
         names: dict[str, Any] = {**binding.names, **binding.namespaces}
         dtype = subject.dtype if subject else binding.default_dtype
         if subject is not None:
+            lacks = getattr(binding.backends, "lacks", None)
+            missing = lacks(subject.target, self.requires) if lacks and self.requires else []
+            if missing:
+                import pytest
+
+                pytest.skip("not implemented: " + ", ".join(missing))
             names.update(binding.backends.namespaces(subject.target, dtype))
         if self.tolerance:
             names["tol"] = self.tolerance[dtype]
