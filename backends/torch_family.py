@@ -214,7 +214,7 @@ class TorchFamily:
             ((ix < 0) | (ix >= vocab)).any(),
             (ordered[..., 1:] == ordered[..., :-1]).any(),
             lp64.isnan().any(),
-            (lp64 > 0).any(),
+            (lp64 > topk.POSITIVE_LOGPROB_LIMIT).any(),
             (lp64.exp().sum(-1) > 1.0 + topk.TOPK_MASS_TOLERANCE).any(),
         ]
         if mode == "renormalize":

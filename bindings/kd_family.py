@@ -355,6 +355,14 @@ def gather(x: Any, ids: Any) -> np.ndarray:
     return np.take_along_axis(np.asarray(x, dtype=np.float64), np.asarray(ids), axis=-1)
 
 
+def outside(x: Any, ids: Any) -> np.ndarray:
+    """The entries of ``x`` ``[..., V]`` not at ``ids`` ``[..., K]``, flattened."""
+    a = np.asarray(x, dtype=np.float64)
+    inside = np.zeros(a.shape, dtype=bool)
+    np.put_along_axis(inside, np.asarray(ids), True, axis=-1)
+    return a[~inside]
+
+
 def bucket_logits(x: Any, ids: Any) -> np.ndarray:
     """Logits over K + 1 buckets: the log-probabilities of ``ids`` and the log of the mass outside them (a
     coarser partition of the vocabulary, as the ``tail`` mode sees it)."""
@@ -415,7 +423,7 @@ NAMES: dict[str, Any] = {
     f.__name__: f
     for f in (
         case, div, div_grad, div_numeric_grad, topk, topk_grad, topk_numeric_grad, topk_call, family_loss,
-        family_gradient, family_numeric_gradient, accumulated, gather, bucket_logits, with_duplicate_id,
+        family_gradient, family_numeric_gradient, accumulated, gather, outside, bucket_logits, with_duplicate_id,
         with_last_row, with_mass, topk_pair, ln,
     )
 }  # fmt: skip

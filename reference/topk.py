@@ -20,7 +20,8 @@ which top-k log-probabilities at temperature 1 do not determine, so ``mode="tail
 is a ValueError (ask the server for log-probs at the loss temperature, or use ``renormalize``).
 
 Validation. Besides the student's checks, each of these is a ValueError naming the first offending row:
-ids out of ``[0, V)``, duplicate ids, NaN or positive log-probabilities, a top-k mass above
+ids out of ``[0, V)``, duplicate ids, NaN log-probabilities or ones above 0 (beyond rounding:
+``POSITIVE_LOGPROB_LIMIT``), a top-k mass above
 ``1 + TOPK_MASS_TOLERANCE``, and (``renormalize``) a row whose teacher or student has no finite entry on
 the K ids. A mass in ``(1, 1 + TOPK_MASS_TOLERANCE]`` is read as rounding: the teacher is renormalized and
 its tail is 0.
@@ -42,6 +43,10 @@ TOPK_MASS_TOLERANCE: float = 1e-4
 """How far above 1 the teacher's top-k probability mass may sum before it is an error: float32 log-probs
 rounded to ~6e-8 relative each, over up to a thousand entries, stay well inside it; a mass further above 1 is
 not a top-k of one distribution (logits instead of log-probs, or two positions mixed)."""
+
+
+POSITIVE_LOGPROB_LIMIT: float = float(np.log1p(TOPK_MASS_TOLERANCE))
+"""A log-probability above this (``log(1 + TOPK_MASS_TOLERANCE)``) is an error; up to it, rounding of one near 0."""
 
 
 class TopKTeacher(NamedTuple):
@@ -163,10 +168,11 @@ def check_topk_values(logprobs: np.ndarray, ids: np.ndarray, vocab: int, mode: s
     bad = np.isnan(lp).any(axis=-1)
     if bad.any():
         raise ValueError(logprob_nan_message(_first_row(bad, lead)))
-    bad = (lp > 0).any(axis=-1)
+    positive = lp > POSITIVE_LOGPROB_LIMIT
+    bad = positive.any(axis=-1)
     if bad.any():
         r = int(np.argmax(bad))
-        raise ValueError(logprob_positive_message(_first_row(bad, lead), float(lp[r][lp[r] > 0][0])))
+        raise ValueError(logprob_positive_message(_first_row(bad, lead), float(lp[r][positive[r]][0])))
     mass = np.exp(lp).sum(axis=-1)
     bad = mass > 1.0 + TOPK_MASS_TOLERANCE
     if bad.any():
