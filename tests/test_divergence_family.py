@@ -244,3 +244,11 @@ def test_kd_loss_default_path_is_unchanged_and_the_family_path_agrees_with_it() 
         np.testing.assert_allclose(op(s, t, y, temperature=2.0, alpha=0.3, normalizer=n), default, rtol=1e-14)
         pair = op(s, TopKTeacher(*dense_to_topk(t, 7), "renormalize"), y, temperature=2.0, alpha=0.3)
         np.testing.assert_allclose(pair, default, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/porting.md"])
+def test_the_docs_list_every_member_with_its_formula(doc: str) -> None:
+    text = (ROOT / doc).read_text()
+    for d in DIVERGENCES:
+        parameter = f" (`{d.parameter}`)" if d.parameter else ""
+        assert f"- `{d.name}`{parameter}: `{d.formula}`" in text, d.name
