@@ -33,8 +33,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from backends import _cupy_kernels as K
+from backends.cupy_family import CupyFamily
 from backends.protocol import LABEL_DTYPE, Availability, BackendError
 from reference import checks
+from reference.kd_family import uses_family
 
 _INSTALL_HINT = "cupy is not installed: pip install 'kd-contracts[cuda]'"
 
@@ -100,7 +102,7 @@ class _KDCall(NamedTuple):
     reduction: str
 
 
-class CupyBackend:
+class CupyBackend(CupyFamily):
     """The KD math as fused CUDA kernels on cupy arrays; see the module docstring."""
 
     name = "cupy"
@@ -445,10 +447,18 @@ class CupyBackend:
         *,
         temperature: float,
         alpha: float,
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        skew: float | None = None,
         ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
         reduction: str = "mean",
+        normalizer: float | None = None,
     ) -> Any:
         """``alpha * CE + (1 - alpha) * T^2 * KL`` per row (one kernel), then reduced."""
+        if uses_family(teacher_logits, divergence, beta, skew, normalizer):  # the family: backends/cupy_family.py
+            family = {"divergence": divergence, "beta": beta, "skew": skew, "normalizer": normalizer}
+            kw = {"temperature": temperature, "alpha": alpha, "ignore_index": ignore_index, "reduction": reduction}
+            return self.family_kd(False, student_logits, teacher_logits, labels, **kw, **family)
         call = self._kd_call(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction)
         xp = call.xp
         result = self._reduce(xp, call.stats[K.STAT_LOSS], call.valid_count, call.reduction, call.labels_shape)
@@ -462,11 +472,19 @@ class CupyBackend:
         *,
         temperature: float,
         alpha: float,
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        skew: float | None = None,
         ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
         reduction: str = "mean",
+        normalizer: float | None = None,
     ) -> Any:
         """``alpha (softmax(s) - e_y) + (1 - alpha) T (softmax(s/T) - softmax(t/T))``: row kernel, then one
         elementwise pass; 0 on ignored rows, divided on the device by #valid rows for ``mean``."""
+        if uses_family(teacher_logits, divergence, beta, skew, normalizer):  # the family: backends/cupy_family.py
+            family = {"divergence": divergence, "beta": beta, "skew": skew, "normalizer": normalizer}
+            kw = {"temperature": temperature, "alpha": alpha, "ignore_index": ignore_index, "reduction": reduction}
+            return self.family_kd(True, student_logits, teacher_logits, labels, **kw, **family)
         call = self._kd_call(student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction)
         xp, compute = call.xp, call.compute
         scale = xp.ones(1, dtype=compute)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.protocol import LABEL_DTYPE, Availability
+from backends.protocol import FAMILY_MEMBERS, LABEL_DTYPE, OPTIONAL_FEATURES, Availability
 from reference import kd
 
 _DTYPES: dict[str, type[np.generic]] = {
@@ -34,6 +34,7 @@ class NumpyBackend:
     name = "numpy"
     device = "cpu"
     dtypes: tuple[str, ...] = ("float64", "float32")
+    capabilities: frozenset[str] = frozenset((*FAMILY_MEMBERS, *OPTIONAL_FEATURES))
 
     def available(self) -> Availability:
         """Always available: numpy is a dependency of the project."""
@@ -62,6 +63,23 @@ class NumpyBackend:
     kl_divergence = staticmethod(kd.kl_divergence)
     kd_loss = staticmethod(kd.kd_loss)
     kd_logit_gradient = staticmethod(kd.kd_logit_gradient)
+
+    # The divergence family (optional members, all declared in ``capabilities``).
+    kl_divergence_gradient = staticmethod(kd.kl_divergence_gradient)
+    reverse_kl = staticmethod(kd.reverse_kl)
+    reverse_kl_gradient = staticmethod(kd.reverse_kl_gradient)
+    generalized_jsd = staticmethod(kd.generalized_jsd)
+    generalized_jsd_gradient = staticmethod(kd.generalized_jsd_gradient)
+    interpolated_kl = staticmethod(kd.interpolated_kl)
+    interpolated_kl_gradient = staticmethod(kd.interpolated_kl_gradient)
+    skew_kl = staticmethod(kd.skew_kl)
+    skew_kl_gradient = staticmethod(kd.skew_kl_gradient)
+    skew_reverse_kl = staticmethod(kd.skew_reverse_kl)
+    skew_reverse_kl_gradient = staticmethod(kd.skew_reverse_kl_gradient)
+    total_variation = staticmethod(kd.total_variation)
+    total_variation_gradient = staticmethod(kd.total_variation_gradient)
+    topk_divergence = staticmethod(kd.topk_divergence)
+    topk_divergence_gradient = staticmethod(kd.topk_divergence_gradient)
 
     def __repr__(self) -> str:
         return "<backend numpy (reference.kd, float64) on cpu>"

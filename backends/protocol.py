@@ -53,6 +53,19 @@ the reference's message (build it with :mod:`reference.checks`). Results are the
 what dtype they come back in is each backend's documented policy, and the suite compares them with the
 reference through ``to_numpy``.
 
+Optional capabilities
+=====================
+
+``capabilities: frozenset[str]`` (optional attribute; absent means the empty set)
+    The optional members of :data:`OPTIONAL_MEMBERS` the backend implements. They are the divergence
+    family of :mod:`reference.kd`, each with its gradient twin (``reverse_kl``, ``reverse_kl_gradient``,
+    ``generalized_jsd``, ..., ``topk_divergence``, ``topk_divergence_gradient``), with the reference's
+    names, keywords and semantics, plus ``kd_loss_from_hidden``. :data:`OPTIONAL_FEATURES` name keyword
+    extensions of core members: ``kd_loss_divergence`` (``kd_loss``/``kd_logit_gradient`` accept
+    ``divergence=``, ``beta=``, ``skew=``), ``kd_loss_topk`` (a top-k ``(logprobs, ids)`` teacher) and
+    ``kd_loss_normalizer`` (``normalizer=``). A falsifier lists what it needs in ``requires``; a backend
+    whose capabilities lack one is reported "not implemented: ..." for it, never passed.
+
 :func:`missing_members` and :func:`conformance_problems` tell an incomplete plugin what it lacks.
 """
 
@@ -97,6 +110,34 @@ MATH_MEMBERS: tuple[str, ...] = METHOD_MEMBERS[3:]
 
 REQUIRED_MEMBERS: tuple[str, ...] = ATTRIBUTE_MEMBERS + METHOD_MEMBERS
 """Every member of the protocol, in the order they are reported when missing."""
+
+FAMILY_MEMBERS: tuple[str, ...] = (
+    "kl_divergence_gradient",
+    "reverse_kl",
+    "reverse_kl_gradient",
+    "generalized_jsd",
+    "generalized_jsd_gradient",
+    "interpolated_kl",
+    "interpolated_kl_gradient",
+    "skew_kl",
+    "skew_kl_gradient",
+    "skew_reverse_kl",
+    "skew_reverse_kl_gradient",
+    "total_variation",
+    "total_variation_gradient",
+    "topk_divergence",
+    "topk_divergence_gradient",
+)
+"""The divergence family of :mod:`reference.kd` (every value with its ``_gradient`` twin)."""
+
+OPTIONAL_MEMBERS: tuple[str, ...] = (*FAMILY_MEMBERS, "kd_loss_from_hidden")
+"""Callable members a backend may implement, declared in its ``capabilities``."""
+
+OPTIONAL_FEATURES: tuple[str, ...] = ("kd_loss_divergence", "kd_loss_topk", "kd_loss_normalizer")
+"""Keyword extensions of ``kd_loss``/``kd_logit_gradient`` a backend may declare in its ``capabilities``."""
+
+CAPABILITIES: tuple[str, ...] = OPTIONAL_MEMBERS + OPTIONAL_FEATURES
+"""Every name a backend's ``capabilities`` may hold."""
 
 
 class BackendError(LookupError):
@@ -171,10 +212,36 @@ class Backend(Protocol):
     ) -> Any: ...
 
 
+def capabilities_of(candidate: object) -> frozenset[str]:
+    """The optional capabilities ``candidate`` declares (empty when it has no ``capabilities`` attribute)."""
+    declared = getattr(candidate, "capabilities", frozenset())
+    return frozenset(declared) if isinstance(declared, (frozenset, set, tuple, list)) else frozenset()
+
+
+def lacks(candidate: object, required: tuple[str, ...] | list[str]) -> list[str]:
+    """Which of ``required`` ``candidate`` does not implement: a core member it lacks, or an optional member or
+    feature it does not declare (a declared optional member must also be callable)."""
+    declared = capabilities_of(candidate)
+    out = []
+    for name in required:
+        if name in OPTIONAL_FEATURES:
+            ok = name in declared
+        elif name in OPTIONAL_MEMBERS:
+            ok = name in declared and callable(getattr(candidate, name, None))
+        else:
+            ok = hasattr(candidate, name)
+        if not ok:
+            out.append(name)
+    return out
+
+
 def missing_members(candidate: object) -> list[str]:
-    """Names of protocol members ``candidate`` lacks (a method member that is not callable counts)."""
+    """Names of protocol members ``candidate`` lacks (a method member that is not callable counts), then the
+    optional members it declares in ``capabilities`` without implementing them."""
     missing = [name for name in ATTRIBUTE_MEMBERS if not hasattr(candidate, name)]
     missing += [name for name in METHOD_MEMBERS if not callable(getattr(candidate, name, None))]
+    declared = capabilities_of(candidate)
+    missing += [name for name in OPTIONAL_MEMBERS if name in declared and not callable(getattr(candidate, name, None))]
     return missing
 
 
@@ -202,5 +269,14 @@ def conformance_problems(candidate: object) -> list[str]:
         ):
             problems.append(
                 f"dtypes must be a non-empty tuple drawn from {', '.join(map(repr, FLOAT_DTYPES))}, got {dtypes!r}"
+            )
+    declared = getattr(candidate, "capabilities", frozenset())
+    if not isinstance(declared, frozenset) or any(not isinstance(c, str) for c in declared):
+        problems.append(f"capabilities must be a frozenset of str, got {declared!r}")
+    else:
+        unknown = sorted(declared - set(CAPABILITIES))
+        if unknown:
+            problems.append(
+                f"capabilities names unknown {', '.join(map(repr, unknown))}: known are {', '.join(CAPABILITIES)}"
             )
     return problems

@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from backends.protocol import FLOAT_DTYPES, LABEL_DTYPE, Availability, BackendError
+from backends.torch_family import TorchFamily
 from reference import checks
+from reference.kd_family import uses_family
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +55,7 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-class TorchBackend:
+class TorchBackend(TorchFamily):
     """The KD math on torch tensors on one device (``"cpu"`` or ``"cuda"``); see the module docstring."""
 
     dtypes: tuple[str, ...] = FLOAT_DTYPES
@@ -301,13 +303,21 @@ class TorchBackend:
         *,
         temperature: float,
         alpha: float,
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        skew: float | None = None,
         ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
         reduction: str = "mean",
+        normalizer: float | None = None,
     ) -> torch.Tensor:
         """``alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))`` per row, then reduced.
 
         Differentiable with respect to ``student_logits``: backward is the analytic gradient.
         """
+        if uses_family(teacher_logits, divergence, beta, skew, normalizer):  # the family: backends/torch_family.py
+            family = {"divergence": divergence, "beta": beta, "skew": skew, "normalizer": normalizer}
+            kw = {"temperature": temperature, "alpha": alpha, "ignore_index": ignore_index, "reduction": reduction}
+            return self.family_kd(False, student_logits, teacher_logits, labels, **kw, **family)
         torch, s, t, y, temperature, alpha, ignore_index, reduction = self._kd_inputs(
             student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
         )
@@ -321,14 +331,22 @@ class TorchBackend:
         *,
         temperature: float,
         alpha: float,
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        skew: float | None = None,
         ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
         reduction: str = "mean",
+        normalizer: float | None = None,
     ) -> torch.Tensor:
         """``alpha (softmax(s) - e_y) + (1 - alpha) T (softmax(s/T) - softmax(t/T))`` per row.
 
         Zero on ignored rows; divided by the number of valid rows for ``mean``. Shape and dtype of
         ``student_logits`` (computed in the dtype promoted with the teacher's).
         """
+        if uses_family(teacher_logits, divergence, beta, skew, normalizer):  # the family: backends/torch_family.py
+            family = {"divergence": divergence, "beta": beta, "skew": skew, "normalizer": normalizer}
+            kw = {"temperature": temperature, "alpha": alpha, "ignore_index": ignore_index, "reduction": reduction}
+            return self.family_kd(True, student_logits, teacher_logits, labels, **kw, **family)
         torch, s, t, y, temperature, alpha, ignore_index, reduction = self._kd_inputs(
             student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
         )

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from bindings import kd_pipeline, kd_strategies, kd_values
+from bindings import kd_family, kd_pipeline, kd_strategies, kd_values
 from bindings.kd_strategies import KD_BATCH_FIELDS, STEP_CASE_FIELDS, KDBatch
-from bindings.kd_subject import KD_OPS, KDBackends, Reference, not_the_reference, round_to
+from bindings.kd_subject import KD_OPS, Reference, not_the_reference, round_to
 from reference import providers
 from spec.binding import Binding, Strategy
 
@@ -185,6 +185,7 @@ BINDING = Binding(
         "IGNORE_INDEX": kd_strategies.IGNORE_INDEX,
         "inf": float("inf"),
         "nan": float("nan"),
+        **kd_family.NAMES,
     },
     namespaces={"ref": Reference("float64"), "providers": providers, "pipeline": kd_pipeline},
     namespace_attributes={
@@ -203,9 +204,10 @@ BINDING = Binding(
         "reduction": Strategy(kd_strategies.reduction, (), "none, sum or mean"),
         "choice": Strategy(kd_strategies.choice, (), "one of the listed values"),
         "number": Strategy(kd_strategies.number, (), "a finite float in [low, high]"),
+        **kd_family.STRATEGIES,
     },
     errors={"ValueError": ValueError},
-    backends=KDBackends(),
+    backends=kd_family.FamilyBackends(),
     subject_namespaces=("kd",),
     factors=factors,
 )

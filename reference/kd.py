@@ -48,14 +48,50 @@ from reference.checks import (
     check_shapes,
     check_temperature,
 )
+from reference.kd_family import (  # the divergence family (reference/divergences.py), one formula each
+    generalized_jsd,
+    generalized_jsd_gradient,
+    interpolated_kl,
+    interpolated_kl_gradient,
+    kd_family_rows,
+    kl_divergence_gradient,
+    reduce_family,
+    reduce_family_gradient,
+    reverse_kl,
+    reverse_kl_gradient,
+    skew_kl,
+    skew_kl_gradient,
+    skew_reverse_kl,
+    skew_reverse_kl_gradient,
+    total_variation,
+    total_variation_gradient,
+    uses_family,
+)
+from reference.topk import TopKTeacher, topk_divergence, topk_divergence_gradient
 
 __all__ = [
+    "TopKTeacher",
     "cross_entropy",
+    "generalized_jsd",
+    "generalized_jsd_gradient",
+    "interpolated_kl",
+    "interpolated_kl_gradient",
     "kd_logit_gradient",
     "kd_loss",
     "kl_divergence",
+    "kl_divergence_gradient",
     "log_softmax",
+    "reverse_kl",
+    "reverse_kl_gradient",
+    "skew_kl",
+    "skew_kl_gradient",
+    "skew_reverse_kl",
+    "skew_reverse_kl_gradient",
     "softmax",
+    "topk_divergence",
+    "topk_divergence_gradient",
+    "total_variation",
+    "total_variation_gradient",
 ]
 
 
@@ -289,8 +325,12 @@ def kd_loss(
     *,
     temperature: float,
     alpha: float,
+    divergence: str = "forward_kl",
+    beta: float | None = None,
+    skew: float | None = None,
     ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
+    normalizer: float | None = None,
 ) -> np.float64 | np.ndarray:
     """Equation ``kd_loss``: ``L_i = alpha * CE(s_i, y_i) + (1 - alpha) * T^2 * KL_i``.
 
@@ -298,7 +338,18 @@ def kd_loss(
     ``alpha == 1`` is pure cross-entropy (the KL term contributes exactly 0). Rows with
     ``y_i == ignore_index`` contribute 0 to both terms. Reductions: ``none`` (array of ``labels.shape``),
     ``sum``, ``mean`` (over valid rows; 0.0 when there are none).
+
+    The family (:mod:`reference.kd_family`): ``divergence`` replaces ``KL_i`` by any member of
+    :data:`reference.divergences.DIVERGENCES` (with its ``beta`` or ``skew``); ``teacher_logits`` may be a
+    top-k pair ``(logprobs, ids)`` or a :class:`TopKTeacher` (:mod:`reference.topk`); ``normalizer=N``
+    makes ``mean`` divide the sum by ``N`` (the global valid-token count) instead of the local count.
     """
+    if uses_family(teacher_logits, divergence, beta, skew, normalizer):
+        per_row, _, valid, norm, reduction, _, labels_shape = kd_family_rows(
+            student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha, divergence=divergence,
+            beta=beta, skew=skew, ignore_index=ignore_index, reduction=reduction, normalizer=normalizer,
+        )  # fmt: skip
+        return reduce_family(per_row, valid, reduction, norm, labels_shape)
     temperature, alpha, reduction = check_hyperparameters(temperature, alpha, reduction)
     ignore_index = check_ignore_index(ignore_index)
     rows = _rows(student_logits, teacher_logits, labels, ignore_index)
@@ -313,16 +364,28 @@ def kd_logit_gradient(
     *,
     temperature: float,
     alpha: float,
+    divergence: str = "forward_kl",
+    beta: float | None = None,
+    skew: float | None = None,
     ignore_index: int = DEFAULT_IGNORE_INDEX,
     reduction: str = "mean",
+    normalizer: float | None = None,
 ) -> np.ndarray:
     """Equation ``kd_logit_gradient``: ``dL_i/ds_i = alpha (softmax(s_i) - e_{y_i}) + (1 - alpha) T (q - p)``.
 
     ``q = softmax(s_i / T)``, ``p = softmax(t_i / T)``. The exact gradient of :func:`kd_loss` (same
     arguments) with respect to ``student_logits``, always of shape ``student_logits.shape``. Rows with
     ``y_i == ignore_index`` are 0. ``none``: row ``i`` holds ``d L_i / d s_i``; ``sum``: the same rows;
-    ``mean``: divided by the number of valid rows (all zeros when there are none).
+    ``mean``: divided by the number of valid rows (all zeros when there are none), or by ``normalizer``.
+
+    Over the family: ``alpha (softmax(s_i) - e_{y_i}) + (1 - alpha) T^2 dD_i/ds_i`` (see :func:`kd_loss`).
     """
+    if uses_family(teacher_logits, divergence, beta, skew, normalizer):
+        _, per_row, valid, norm, reduction, logits_shape, _ = kd_family_rows(
+            student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha, divergence=divergence,
+            beta=beta, skew=skew, ignore_index=ignore_index, reduction=reduction, normalizer=normalizer,
+        )  # fmt: skip
+        return reduce_family_gradient(per_row, valid, reduction, norm).reshape(logits_shape)
     temperature, alpha, reduction = check_hyperparameters(temperature, alpha, reduction)
     ignore_index = check_ignore_index(ignore_index)
     rows = _rows(student_logits, teacher_logits, labels, ignore_index)

@@ -39,12 +39,14 @@ def capabilities(target: Target) -> frozenset[str] | None:
     return frozenset(declared) if declared is not None else None
 
 
-def missing_members(target: Target, requires: tuple[str, ...]) -> list[str]:
-    """The members of ``requires`` the backend does not implement. A backend without ``capabilities``
-    is taken to implement the members it has as callables."""
-    declared = capabilities(target)
-    if declared is None:
-        return [m for m in requires if not callable(getattr(target.backend, m, None))]
+def missing_members(target: Target, requires: tuple[str, ...], catalog: Any = None) -> list[str]:
+    """The members of ``requires`` the backend does not implement. The binding's backend catalog decides when
+    it has a ``lacks(target, requires)`` method (it knows the protocol); otherwise a member counts only when the
+    backend declares it in ``capabilities`` (a backend without ``capabilities`` declares none)."""
+    lacks = getattr(catalog, "lacks", None)
+    if callable(lacks):
+        return list(lacks(target, requires))
+    declared = capabilities(target) or frozenset()
     return [m for m in requires if m not in declared]
 
 
@@ -151,7 +153,7 @@ class FalsifierPlugin:
         """One parameter per backend x declared dtype; those that cannot run carry a skip with the reason."""
         out = []
         for target in self.targets:
-            missing = missing_members(target, falsifier.requires)
+            missing = missing_members(target, falsifier.requires, self.binding.backends)
             for dtype in falsifier.dtypes:
                 subject = Subject(target, dtype)
                 if dtype not in target.dtypes:

@@ -1,0 +1,449 @@
+"""The divergence family on cupy arrays: a port of :mod:`reference.divergences` and :mod:`reference.topk`.
+
+:class:`CupyFamily` is mixed into :class:`backends.cupy_backend.CupyBackend`. It is written against the
+array namespace ``xp`` that the backend's ``_runtime()`` returns (``cupy`` on a device), using only what
+numpy and cupy share, so the tests also run it with ``xp = numpy`` on machines without a GPU (as they run
+the backend's host code, ``tests/test_cupy_backend.py``). The fused kernels of the seed's forward KL stay
+the backend's; ``kd_loss`` and ``kd_logit_gradient`` hand any other divergence, a top-k teacher or a
+``normalizer`` here (:meth:`CupyFamily.family_kd`).
+
+Same formulas as the reference, in log space (``logaddexp`` mixtures, log-sum-exp tails, no
+``log(p + eps)``); float64 computes in float64 and float32 in float32, results in the input's dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from backends.protocol import FAMILY_MEMBERS, OPTIONAL_FEATURES
+from reference import checks, topk
+from reference.divergences import DIVERGENCE_NAMES, TOPK_DIVERGENCE_NAMES, check_divergence
+from reference.kd_family import as_topk, check_normalizer, is_topk
+
+CAPABILITIES: frozenset[str] = frozenset((*FAMILY_MEMBERS, *OPTIONAL_FEATURES))
+
+# --------------------------------------------------------------------------------------------------------
+# Row math over the last axis: (value, score = dD / d log q) per member.
+# --------------------------------------------------------------------------------------------------------
+
+
+def _quiet(xp: Any) -> Any:
+    """numpy warns about -inf - -inf in branches that are discarded; cupy does not warn at all."""
+    errstate = getattr(xp, "errstate", None)
+    return errstate(invalid="ignore", over="ignore", divide="ignore") if errstate else contextlib.nullcontext()
+
+
+def logsumexp(xp: Any, z: Any, keepdims: bool = False) -> Any:
+    """``log sum exp z`` over the last axis, shifted by the row max; ``-inf`` for an all ``-inf`` row."""
+    m = z.max(axis=-1, keepdims=True)
+    safe = xp.where(xp.isfinite(m), m, 0.0)
+    out = safe + xp.log(xp.exp(z - safe).sum(axis=-1, keepdims=True))
+    return out if keepdims else out[..., 0]
+
+
+def log_softmax(xp: Any, z: Any, temperature: float) -> Any:
+    scaled = z / temperature
+    return scaled - logsumexp(xp, scaled, keepdims=True)
+
+
+def _kl(xp: Any, lx: Any, ly: Any) -> Any:
+    support = lx > -math.inf
+    return xp.where(support, xp.exp(lx) * (lx - xp.where(support, ly, 0.0)), 0.0).sum(axis=-1)
+
+
+def _mix(xp: Any, w: float, lx: Any, ly: Any) -> Any:
+    if w == 0.0:
+        return ly
+    if w == 1.0:
+        return lx
+    return xp.logaddexp(lx + math.log(w), ly + math.log1p(-w))
+
+
+def _times_q(xp: Any, lq: Any, factor: Any) -> Any:
+    support = lq > -math.inf
+    return xp.where(support, xp.exp(lq) * xp.where(support, factor, 0.0), 0.0)
+
+
+def _weighted(xp: Any, w: float, x: Any) -> Any:
+    return xp.zeros_like(x) if w == 0.0 else w * x
+
+
+def _forward(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    return _kl(xp, lp, lq), -xp.exp(lp)
+
+
+def _reverse(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    return _kl(xp, lq, lp), _times_q(xp, lq, lq - lp)
+
+
+def _jsd(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    assert w is not None
+    if w == 0.0:
+        return _forward(xp, lq, lp, None)
+    if w == 1.0:
+        return _reverse(xp, lq, lp, None)
+    lm = _mix(xp, w, lp, lq)
+    return w * _kl(xp, lp, lm) + (1 - w) * _kl(xp, lq, lm), (1 - w) * _times_q(xp, lq, lq - lm)
+
+
+def _interpolated(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    assert w is not None
+    fv, fg = _forward(xp, lq, lp, None)
+    rv, rg = _reverse(xp, lq, lp, None)
+    return _weighted(xp, 1 - w, fv) + _weighted(xp, w, rv), _weighted(xp, 1 - w, fg) + _weighted(xp, w, rg)
+
+
+def _skew(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    assert w is not None
+    lm = _mix(xp, w, lp, lq)
+    both = (lp > -math.inf) & (lq > -math.inf)
+    score = xp.where(both, -(1 - w) * xp.exp(lp + lq - xp.where(both, lm, 0.0)), 0.0)
+    return _kl(xp, lp, lm), score
+
+
+def _skew_reverse(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    assert w is not None
+    lm = _mix(xp, w, lq, lp)
+    share = xp.exp(lq - lm + math.log(w)) if w > 0.0 else 0.0  # w q / m <= 1
+    return _kl(xp, lq, lm), _times_q(xp, lq, lq - lm - share)
+
+
+def _total_variation(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    q, p = xp.exp(lq), xp.exp(lp)
+    return 0.5 * xp.abs(p - q).sum(axis=-1), 0.5 * q * xp.sign(q - p)
+
+
+ROWS: dict[str, Callable[[Any, Any, Any, float | None], tuple[Any, Any]]] = {
+    "forward_kl": _forward,
+    "reverse_kl": _reverse,
+    "generalized_jsd": _jsd,
+    "interpolated_kl": _interpolated,
+    "skew_kl": _skew,
+    "skew_reverse_kl": _skew_reverse,
+    "total_variation": _total_variation,
+}
+"""The port of :data:`reference.divergences.DIVERGENCES`, by name."""
+
+assert tuple(ROWS) == DIVERGENCE_NAMES
+
+
+def _chain(xp: Any, lq: Any, g: Any, temperature: float) -> Any:
+    return (g - xp.exp(lq) * g.sum(axis=-1, keepdims=True)) / temperature
+
+
+def topk_rows(
+    xp: Any, s: Any, lp: Any, ids: Any, mode: str, name: str, w: float | None, temperature: float
+) -> tuple[Any, Any]:
+    """Per-row value [N] and gradient [N, V] of ``[N, V]`` logits against an ``[N, K]`` top-k pair."""
+    n, vocab = s.shape
+    k = ids.shape[-1]
+    rows = xp.arange(n)[:, None]
+    if mode == "renormalize":
+        log_p = log_softmax(xp, lp, temperature)
+        log_q = log_softmax(xp, s[rows, ids], temperature)
+        value, g = ROWS[name](xp, log_q, log_p, w)
+        gradient = xp.zeros_like(s)
+        gradient[rows, ids] = g - xp.exp(log_q) * g.sum(axis=-1, keepdims=True)
+        return value, gradient / temperature
+    has_tail = k < vocab
+    lse = logsumexp(xp, lp, keepdims=True)
+    over = lse >= 0
+    known = xp.where(over, lp - lse, lp)
+    if has_tail:
+        tail = xp.where(over, -math.inf, xp.log(-xp.expm1(xp.minimum(lse, 0.0))))
+        log_p = xp.concatenate([known, tail], axis=-1)
+    else:
+        log_p = known - xp.where(over, 0.0, lse)
+    lq = log_softmax(xp, s, temperature)
+    in_topk = xp.zeros(s.shape, dtype=bool)
+    in_topk[rows, ids] = True
+    log_q = lq[rows, ids]
+    if has_tail:
+        log_q = xp.concatenate([log_q, logsumexp(xp, xp.where(in_topk, -math.inf, lq), keepdims=True)], axis=-1)
+    value, g = ROWS[name](xp, log_q, log_p, w)
+    gradient = -xp.exp(lq) * g.sum(axis=-1, keepdims=True)
+    gradient[rows, ids] += g[:, :k]
+    if has_tail:
+        tail_q = log_q[:, k:]
+        share = xp.where(in_topk | (tail_q == -math.inf), 0.0, xp.exp(lq - tail_q))
+        gradient = gradient + share * g[:, k:]
+    return value, gradient / temperature
+
+
+# --------------------------------------------------------------------------------------------------------
+# The mixin.
+# --------------------------------------------------------------------------------------------------------
+
+
+class CupyFamily:
+    """The optional family members on cupy arrays (mixed into the cupy backend; needs its ``_runtime``)."""
+
+    capabilities: frozenset[str] = CAPABILITIES
+
+    def _runtime(self) -> tuple[Any, Any]:  # pragma: no cover - provided by the backend
+        raise NotImplementedError
+
+    @staticmethod
+    def _family_host(xp: Any, x: Any) -> np.ndarray:
+        return xp.asnumpy(x) if hasattr(xp, "asnumpy") else np.asarray(x)
+
+    @staticmethod
+    def _family_array(xp: Any, name: str, x: Any) -> Any:
+        if not isinstance(x, xp.ndarray):
+            x = xp.asarray(checks.as_float64_logits(name, x))
+        if x.dtype.kind not in ("f", "i", "u"):
+            raise ValueError(checks.logits_dtype_message(name, x.dtype))
+        return x
+
+    @staticmethod
+    def _family_ints(xp: Any, x: Any, message: Callable[[Any], str], convert: Callable[[Any], Any]) -> Any:
+        if not isinstance(x, xp.ndarray):
+            x = xp.asarray(convert(x))
+        if x.dtype.kind not in ("i", "u"):
+            raise ValueError(message(x.dtype))
+        return x.astype(np.int64)
+
+    def _family_check_logits(self, xp: Any, *named: tuple[str, Any]) -> None:
+        flags = [
+            bool(xp.isnan(x).any() | xp.isposinf(x).any() | (~xp.isfinite(x)).all(axis=-1).any())
+            for _, x in named
+            if x.dtype.kind == "f" and x.size
+        ]
+        if any(flags):
+            for name, x in named:
+                checks.check_logits(name, self._family_host(xp, x))
+
+    @staticmethod
+    def _family_dtypes(*arrays: Any) -> tuple[Any, Any]:
+        out = np.result_type(*(a.dtype if a.dtype.kind == "f" else np.float64 for a in arrays))
+        return (np.float64 if out == np.float64 else np.float32), out
+
+    def _family_topk_inputs(self, xp: Any, s: Any, logprobs: Any, ids: Any, mode: str, temperature: float) -> tuple:
+        if mode == "tail" and temperature != 1.0:
+            raise ValueError(topk.tail_temperature_message(temperature))
+        lp = self._family_array(xp, "teacher_topk_logprobs", logprobs)
+        ix = self._family_ints(xp, ids, topk.ids_dtype_message, np.asarray)
+        vocab = checks.check_logits_shape("student_logits", tuple(s.shape))
+        topk.check_topk_shapes(tuple(s.shape), tuple(lp.shape), tuple(ix.shape))
+        self._family_check_logits(xp, ("student_logits", s))
+        lp64 = lp.astype(np.float64)
+        ordered = xp.sort(ix, axis=-1)
+        bad = (
+            ((ix < 0) | (ix >= vocab)).any()
+            | (ordered[..., 1:] == ordered[..., :-1]).any()
+            | xp.isnan(lp64).any()
+            | (lp64 > topk.POSITIVE_LOGPROB_LIMIT).any()
+            | (xp.exp(lp64).sum(axis=-1) > 1.0 + topk.TOPK_MASS_TOLERANCE).any()
+        )
+        if mode == "renormalize":
+            s2 = s.reshape(-1, vocab)
+            ix2 = xp.clip(ix.reshape(-1, ix.shape[-1]), 0, vocab - 1)
+            bad = bad | xp.isneginf(lp64).all(axis=-1).any()
+            bad = bad | xp.isneginf(s2[xp.arange(s2.shape[0])[:, None], ix2]).all(axis=-1).any()
+        if bool(bad):
+            topk.check_topk_values(
+                self._family_host(xp, lp), self._family_host(xp, ix), vocab, mode, self._family_host(xp, s)
+            )
+        return lp, ix
+
+    # ---- dense members ---------------------------------------------------------------------------------
+
+    def _family_dense(self, name: str, gradient: bool, s: Any, t: Any, temperature: Any, **param: Any) -> Any:
+        divergence, w = check_divergence(name, **param)
+        temperature = checks.check_temperature(temperature)
+        xp, _ = self._runtime()
+        s = self._family_array(xp, "student_logits", s)
+        t = self._family_array(xp, "teacher_logits", t)
+        checks.check_shapes(tuple(s.shape), tuple(t.shape))
+        self._family_check_logits(xp, ("student_logits", s), ("teacher_logits", t))
+        compute, out = self._family_dtypes(s, t)
+        with _quiet(xp):
+            lq = log_softmax(xp, s.astype(compute), temperature)
+            lp = log_softmax(xp, t.astype(compute), temperature)
+            value, score = ROWS[divergence.name](xp, lq, lp, w)
+            if gradient:
+                return _chain(xp, lq, score, temperature).astype(self._family_dtypes(s)[1])
+        return value.astype(out)
+
+    def kl_divergence_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._family_dense("forward_kl", True, student_logits, teacher_logits, temperature)
+
+    def reverse_kl(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._family_dense("reverse_kl", False, student_logits, teacher_logits, temperature)
+
+    def reverse_kl_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._family_dense("reverse_kl", True, student_logits, teacher_logits, temperature)
+
+    def generalized_jsd(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
+    ) -> Any:
+        return self._family_dense("generalized_jsd", False, student_logits, teacher_logits, temperature, beta=beta)
+
+    def generalized_jsd_gradient(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
+    ) -> Any:
+        return self._family_dense("generalized_jsd", True, student_logits, teacher_logits, temperature, beta=beta)
+
+    def interpolated_kl(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
+    ) -> Any:
+        return self._family_dense("interpolated_kl", False, student_logits, teacher_logits, temperature, beta=beta)
+
+    def interpolated_kl_gradient(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
+    ) -> Any:
+        return self._family_dense("interpolated_kl", True, student_logits, teacher_logits, temperature, beta=beta)
+
+    def skew_kl(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float) -> Any:
+        return self._family_dense("skew_kl", False, student_logits, teacher_logits, temperature, skew=skew)
+
+    def skew_kl_gradient(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
+    ) -> Any:
+        return self._family_dense("skew_kl", True, student_logits, teacher_logits, temperature, skew=skew)
+
+    def skew_reverse_kl(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
+    ) -> Any:
+        return self._family_dense("skew_reverse_kl", False, student_logits, teacher_logits, temperature, skew=skew)
+
+    def skew_reverse_kl_gradient(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
+    ) -> Any:
+        return self._family_dense("skew_reverse_kl", True, student_logits, teacher_logits, temperature, skew=skew)
+
+    def total_variation(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._family_dense("total_variation", False, student_logits, teacher_logits, temperature)
+
+    def total_variation_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._family_dense("total_variation", True, student_logits, teacher_logits, temperature)
+
+    # ---- top-k -----------------------------------------------------------------------------------------
+
+    def _family_topk(
+        self, student_logits: Any, logprobs: Any, ids: Any, mode: Any, divergence: Any, beta: Any, temperature: Any
+    ) -> tuple[Any, Any]:
+        mode = topk.check_mode(mode)
+        member, w = check_divergence(divergence, beta, None, TOPK_DIVERGENCE_NAMES)
+        temperature = checks.check_temperature(temperature)
+        xp, _ = self._runtime()
+        s = self._family_array(xp, "student_logits", student_logits)
+        lp, ix = self._family_topk_inputs(xp, s, logprobs, ids, mode, temperature)
+        compute, out = self._family_dtypes(s, lp)
+        vocab, k = s.shape[-1], ix.shape[-1]
+        with _quiet(xp):
+            value, gradient = topk_rows(
+                xp, s.reshape(-1, vocab).astype(compute), lp.reshape(-1, k).astype(compute), ix.reshape(-1, k),
+                mode, member.name, w, temperature,
+            )  # fmt: skip
+        s_out = self._family_dtypes(s)[1]
+        return value.reshape(s.shape[:-1]).astype(out), gradient.reshape(s.shape).astype(s_out)
+
+    def topk_divergence(
+        self,
+        student_logits: Any,
+        teacher_topk_logprobs: Any,
+        teacher_topk_ids: Any,
+        *,
+        mode: str = "tail",
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        temperature: float = 1.0,
+    ) -> Any:
+        args = (student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature)
+        return self._family_topk(*args)[0]
+
+    def topk_divergence_gradient(
+        self,
+        student_logits: Any,
+        teacher_topk_logprobs: Any,
+        teacher_topk_ids: Any,
+        *,
+        mode: str = "tail",
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        temperature: float = 1.0,
+    ) -> Any:
+        args = (student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature)
+        return self._family_topk(*args)[1]
+
+    # ---- kd_loss over the family -----------------------------------------------------------------------
+
+    def family_kd(
+        self,
+        want_gradient: bool,
+        student_logits: Any,
+        teacher: Any,
+        labels: Any,
+        *,
+        temperature: Any,
+        alpha: Any,
+        divergence: Any,
+        beta: Any,
+        skew: Any,
+        ignore_index: Any,
+        reduction: Any,
+        normalizer: Any,
+    ) -> Any:
+        """``kd_loss`` (or its gradient) over the family, as :func:`reference.kd_family.kd_family_rows`."""
+        temperature, alpha, reduction = checks.check_hyperparameters(temperature, alpha, reduction)
+        ignore_index = checks.check_ignore_index(ignore_index)
+        sparse = is_topk(teacher)
+        member, w = check_divergence(divergence, beta, skew, TOPK_DIVERGENCE_NAMES if sparse else DIVERGENCE_NAMES)
+        norm = check_normalizer(normalizer, reduction)
+        xp, _ = self._runtime()
+        s = self._family_array(xp, "student_logits", student_logits)
+        vocab = checks.check_logits_shape("student_logits", tuple(s.shape))
+        if sparse:
+            pair = as_topk(teacher)
+            mode = topk.check_mode(pair.mode)
+            lp, ix = self._family_topk_inputs(xp, s, pair.logprobs, pair.ids, mode, temperature)
+            y = self._family_ints(xp, labels, checks.labels_dtype_message, checks.as_integer_labels)
+            checks.check_labels_shape(tuple(y.shape), tuple(s.shape))
+            compute, out = self._family_dtypes(s, lp)
+            k = ix.shape[-1]
+            with _quiet(xp):
+                value, dvalue = topk_rows(
+                    xp, s.reshape(-1, vocab).astype(compute), lp.reshape(-1, k).astype(compute), ix.reshape(-1, k),
+                    mode, member.name, w, temperature,
+                )  # fmt: skip
+        else:
+            t = self._family_array(xp, "teacher_logits", teacher)
+            y = self._family_ints(xp, labels, checks.labels_dtype_message, checks.as_integer_labels)
+            checks.check_shapes(tuple(s.shape), tuple(t.shape), tuple(y.shape))
+            self._family_check_logits(xp, ("student_logits", s), ("teacher_logits", t))
+            compute, out = self._family_dtypes(s, t)
+            with _quiet(xp):
+                lq = log_softmax(xp, s.reshape(-1, vocab).astype(compute), temperature)
+                lp_dense = log_softmax(xp, t.reshape(-1, vocab).astype(compute), temperature)
+                value, score = ROWS[member.name](xp, lq, lp_dense, w)
+                dvalue = _chain(xp, lq, score, temperature)
+        y1 = y.reshape(-1)
+        if y1.size and bool(((y1 != ignore_index) & ((y1 < 0) | (y1 >= vocab))).any()):
+            checks.check_labels(self._family_host(xp, y), vocab, ignore_index)
+        valid = y1 != ignore_index
+        s2 = s.reshape(-1, vocab).astype(compute)
+        with _quiet(xp):
+            lq1 = log_softmax(xp, s2, 1.0)
+            label = xp.where(valid, y1, 0)
+            weight = (1.0 - alpha) * temperature**2
+            count = norm if norm is not None else max(int(valid.sum()), 1)
+            if want_gradient:
+                hard = xp.exp(lq1)
+                hard[xp.arange(hard.shape[0]), label] -= 1.0
+                soft = xp.where(valid[:, None], dvalue, 0.0)
+                gradient = xp.where(valid[:, None], _weighted(xp, alpha, hard) + _weighted(xp, weight, soft), 0.0)
+                if reduction == "mean":
+                    gradient = gradient / count
+                return gradient.reshape(s.shape).astype(self._family_dtypes(s)[1])
+            ce = xp.where(valid, -lq1[xp.arange(lq1.shape[0]), label], 0.0)
+            per_row = _weighted(xp, alpha, ce) + _weighted(xp, weight, xp.where(valid, value, 0.0))
+        if reduction == "none":
+            return per_row.reshape(y.shape).astype(out)
+        total = per_row.sum()
+        return xp.asarray(total if reduction == "sum" else total / count).astype(out)

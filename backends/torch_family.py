@@ -1,0 +1,440 @@
+"""The divergence family on torch tensors: a port of :mod:`reference.divergences` and :mod:`reference.topk`.
+
+:class:`TorchFamily` is mixed into :class:`backends.torch_backend.TorchBackend`; it uses only the backend's
+``device`` and ``available()``, so the core fast path stays the torch backend's own. ``kd_loss`` and
+``kd_logit_gradient`` hand a call here (:meth:`TorchFamily.family_kd`) whenever it uses anything beyond the
+seed's dense forward KL: another ``divergence``, a top-k teacher, or a ``normalizer``.
+
+Same formulas as the reference, in log space (``logaddexp`` mixtures, no ``log(p + eps)``), with the same
+dtype policy as the torch backend (float64 in float64, everything else computed in float32 and returned in
+the input's dtype). The values are plain torch expressions (autograd differentiates them, an independent
+check on the analytic ``_gradient`` twins); the gradients are the analytic formulas.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from backends.protocol import FAMILY_MEMBERS, OPTIONAL_FEATURES, BackendError
+from reference import checks, topk
+from reference.divergences import (
+    DIVERGENCE_NAMES,
+    TOPK_DIVERGENCE_NAMES,
+    check_divergence,
+)
+from reference.kd_family import as_topk, check_normalizer, is_topk
+
+CAPABILITIES: frozenset[str] = frozenset((*FAMILY_MEMBERS, *OPTIONAL_FEATURES))
+
+# --------------------------------------------------------------------------------------------------------
+# Row math: value(lq, lp, w) and score(lq, lp, w) = dD / d log q, over the last axis.
+# --------------------------------------------------------------------------------------------------------
+
+
+def _kl(torch: Any, lx: Any, ly: Any) -> Any:
+    """``sum x (log x - log y)`` over the support of x."""
+    support = lx > -math.inf
+    return torch.where(support, lx.exp() * (lx - torch.where(support, ly, 0.0)), 0.0).sum(-1)
+
+
+def _mix(torch: Any, w: float, lx: Any, ly: Any) -> Any:
+    """``log(w x + (1 - w) y)``, exactly ``ly`` at w = 0 and ``lx`` at w = 1."""
+    if w == 0.0:
+        return ly
+    if w == 1.0:
+        return lx
+    return torch.logaddexp(lx + math.log(w), ly + math.log1p(-w))
+
+
+def _times_q(torch: Any, lq: Any, factor: Any) -> Any:
+    support = lq > -math.inf
+    return torch.where(support, lq.exp() * torch.where(support, factor, 0.0), 0.0)
+
+
+def _weighted(torch: Any, w: float, x: Any) -> Any:
+    return torch.zeros_like(x) if w == 0.0 else w * x
+
+
+def _forward(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    return _kl(torch, lp, lq), -lp.exp()
+
+
+def _reverse(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    return _kl(torch, lq, lp), _times_q(torch, lq, lq - lp)
+
+
+def _jsd(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    assert w is not None
+    if w == 0.0:
+        return _forward(torch, lq, lp, None)
+    if w == 1.0:
+        return _reverse(torch, lq, lp, None)
+    lm = _mix(torch, w, lp, lq)
+    return w * _kl(torch, lp, lm) + (1 - w) * _kl(torch, lq, lm), (1 - w) * _times_q(torch, lq, lq - lm)
+
+
+def _interpolated(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    assert w is not None
+    fv, fg = _forward(torch, lq, lp, None)
+    rv, rg = _reverse(torch, lq, lp, None)
+    value = _weighted(torch, 1 - w, fv) + _weighted(torch, w, rv)
+    return value, _weighted(torch, 1 - w, fg) + _weighted(torch, w, rg)
+
+
+def _skew(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    assert w is not None
+    lm = _mix(torch, w, lp, lq)
+    both = (lp > -math.inf) & (lq > -math.inf)
+    score = torch.where(both, -(1 - w) * (lp + lq - torch.where(both, lm, 0.0)).exp(), 0.0)
+    return _kl(torch, lp, lm), score
+
+
+def _skew_reverse(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    assert w is not None
+    lm = _mix(torch, w, lq, lp)
+    share = (lq - lm + math.log(w)).exp() if w > 0.0 else 0.0  # w q / m <= 1: never overflows
+    return _kl(torch, lq, lm), _times_q(torch, lq, lq - lm - share)
+
+
+def _total_variation(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
+    q, p = lq.exp(), lp.exp()
+    return 0.5 * (p - q).abs().sum(-1), 0.5 * q * torch.sign(q - p)
+
+
+ROWS: dict[str, Callable[[Any, Any, Any, float | None], tuple[Any, Any]]] = {
+    "forward_kl": _forward,
+    "reverse_kl": _reverse,
+    "generalized_jsd": _jsd,
+    "interpolated_kl": _interpolated,
+    "skew_kl": _skew,
+    "skew_reverse_kl": _skew_reverse,
+    "total_variation": _total_variation,
+}
+"""The port of :data:`reference.divergences.DIVERGENCES`, by name: ``(value, score)`` of one call."""
+
+assert tuple(ROWS) == DIVERGENCE_NAMES
+
+
+def _own_dtype(torch: Any, dtype: Any) -> Any:
+    """The dtype a gradient comes back in: the student's own float dtype (float64 for integer logits)."""
+    return dtype if dtype.is_floating_point else torch.float64
+
+
+def _chain(lq: Any, g: Any, temperature: float) -> Any:
+    """``(g - q sum g) / T``: the chain rule through ``log_softmax(s / T)``."""
+    return (g - lq.exp() * g.sum(-1, keepdim=True)) / temperature
+
+
+# --------------------------------------------------------------------------------------------------------
+# The mixin.
+# --------------------------------------------------------------------------------------------------------
+
+
+class TorchFamily:
+    """The optional family members on torch tensors (mixed into the torch backend)."""
+
+    capabilities: frozenset[str] = CAPABILITIES
+    device: str
+
+    def available(self) -> Any:  # pragma: no cover - provided by the backend
+        raise NotImplementedError
+
+    # ---- inputs ----------------------------------------------------------------------------------------
+
+    def _family_torch(self) -> Any:
+        available = self.available()
+        if not available:
+            raise BackendError(f"backend {getattr(self, 'name', 'torch')!r} cannot run here: {available.reason}")
+        import torch
+
+        return torch
+
+    def _tensor(self, torch: Any, name: str, x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            x = torch.from_numpy(np.ascontiguousarray(checks.as_float64_logits(name, x)))
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(checks.logits_dtype_message(name, str(x.dtype).removeprefix("torch.")))
+        return x.to(self.device)
+
+    def _integers(self, torch: Any, x: Any, message: Callable[[str], str], convert: Callable[[Any], Any]) -> Any:
+        if not isinstance(x, torch.Tensor):
+            x = torch.from_numpy(np.ascontiguousarray(convert(x)))
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(message(str(x.dtype).removeprefix("torch.")))
+        return x.to(device=self.device, dtype=torch.int64)
+
+    @staticmethod
+    def _host(torch: Any, x: Any) -> np.ndarray:
+        x = x.detach().cpu()
+        return (x.to(torch.float64) if x.is_floating_point() else x).numpy()
+
+    def _check_logits(self, torch: Any, *named: tuple[str, Any]) -> None:
+        """The reference's logits value checks, with one host sync on the happy path."""
+        flags = []
+        for _, x in named:
+            if x.is_floating_point() and x.numel():
+                flags += [x.isnan().any(), x.isposinf().any(), (~x.isfinite()).all(dim=-1).any()]
+        if flags and bool(torch.stack(flags).any()):
+            for name, x in named:
+                checks.check_logits(name, self._host(torch, x))
+
+    @staticmethod
+    def _compute(torch: Any, *tensors: Any) -> tuple[Any, Any]:
+        out = None
+        for x in tensors:
+            dtype = x.dtype if x.is_floating_point() else torch.float64
+            out = dtype if out is None else torch.promote_types(out, dtype)
+        return (torch.float64 if out == torch.float64 else torch.float32), out
+
+    def _dense_inputs(self, student_logits: Any, teacher_logits: Any) -> tuple[Any, Any, Any, Any, Any]:
+        torch = self._family_torch()
+        s = self._tensor(torch, "student_logits", student_logits)
+        t = self._tensor(torch, "teacher_logits", teacher_logits)
+        checks.check_shapes(tuple(s.shape), tuple(t.shape))
+        self._check_logits(torch, ("student_logits", s), ("teacher_logits", t))
+        compute, out = self._compute(torch, s, t)
+        return torch, s.to(compute), t.to(compute), out, s.dtype
+
+    def _topk_inputs(self, torch: Any, s: Any, logprobs: Any, ids: Any, mode: str, temperature: float) -> tuple:
+        """Validate a top-k pair against student logits ``s`` (already a tensor) in the reference's order."""
+        if mode == "tail" and temperature != 1.0:
+            raise ValueError(topk.tail_temperature_message(temperature))
+        lp = self._tensor(torch, "teacher_topk_logprobs", logprobs)
+        ix = self._integers(torch, ids, topk.ids_dtype_message, np.asarray)
+        vocab = checks.check_logits_shape("student_logits", tuple(s.shape))
+        topk.check_topk_shapes(tuple(s.shape), tuple(lp.shape), tuple(ix.shape))
+        self._check_logits(torch, ("student_logits", s))
+        lp64 = lp.to(torch.float64)
+        ordered = ix.sort(dim=-1).values
+        flags = [
+            ((ix < 0) | (ix >= vocab)).any(),
+            (ordered[..., 1:] == ordered[..., :-1]).any(),
+            lp64.isnan().any(),
+            (lp64 > topk.POSITIVE_LOGPROB_LIMIT).any(),
+            (lp64.exp().sum(-1) > 1.0 + topk.TOPK_MASS_TOLERANCE).any(),
+        ]
+        if mode == "renormalize":
+            flags.append(lp64.isneginf().all(-1).any())
+            flags.append(s.gather(-1, ix.clamp(0, vocab - 1)).isneginf().all(-1).any())
+        if bool(torch.stack(flags).any()):
+            topk.check_topk_values(self._host(torch, lp), self._host(torch, ix), vocab, mode, self._host(torch, s))
+        return lp, ix
+
+    # ---- dense members ---------------------------------------------------------------------------------
+
+    def _dense(self, name: str, gradient: bool, s: Any, t: Any, temperature: Any, **param: Any) -> Any:
+        divergence, w = check_divergence(name, **param)
+        temperature = checks.check_temperature(temperature)
+        torch, s, t, out, s_dtype = self._dense_inputs(s, t)
+        lq = torch.log_softmax(s / temperature, dim=-1)
+        lp = torch.log_softmax(t / temperature, dim=-1)
+        value, score = ROWS[divergence.name](torch, lq, lp, w)
+        if gradient:
+            return _chain(lq, score, temperature).to(_own_dtype(torch, s_dtype))
+        return value.to(out)
+
+    def kl_divergence_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._dense("forward_kl", True, student_logits, teacher_logits, temperature)
+
+    def reverse_kl(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._dense("reverse_kl", False, student_logits, teacher_logits, temperature)
+
+    def reverse_kl_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._dense("reverse_kl", True, student_logits, teacher_logits, temperature)
+
+    def generalized_jsd(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
+    ) -> Any:
+        return self._dense("generalized_jsd", False, student_logits, teacher_logits, temperature, beta=beta)
+
+    def generalized_jsd_gradient(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
+    ) -> Any:
+        return self._dense("generalized_jsd", True, student_logits, teacher_logits, temperature, beta=beta)
+
+    def interpolated_kl(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
+    ) -> Any:
+        return self._dense("interpolated_kl", False, student_logits, teacher_logits, temperature, beta=beta)
+
+    def interpolated_kl_gradient(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
+    ) -> Any:
+        return self._dense("interpolated_kl", True, student_logits, teacher_logits, temperature, beta=beta)
+
+    def skew_kl(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float) -> Any:
+        return self._dense("skew_kl", False, student_logits, teacher_logits, temperature, skew=skew)
+
+    def skew_kl_gradient(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
+    ) -> Any:
+        return self._dense("skew_kl", True, student_logits, teacher_logits, temperature, skew=skew)
+
+    def skew_reverse_kl(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
+    ) -> Any:
+        return self._dense("skew_reverse_kl", False, student_logits, teacher_logits, temperature, skew=skew)
+
+    def skew_reverse_kl_gradient(
+        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
+    ) -> Any:
+        return self._dense("skew_reverse_kl", True, student_logits, teacher_logits, temperature, skew=skew)
+
+    def total_variation(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._dense("total_variation", False, student_logits, teacher_logits, temperature)
+
+    def total_variation_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
+        return self._dense("total_variation", True, student_logits, teacher_logits, temperature)
+
+    # ---- top-k -----------------------------------------------------------------------------------------
+
+    def _topk(
+        self, s: Any, lp: Any, ids: Any, mode: str, name: str, w: float | None, temperature: float
+    ) -> tuple[Any, Any]:
+        """Per-row value and gradient over the buckets (:func:`reference.topk.topk_value_and_gradient`)."""
+        torch = self._family_torch()
+        vocab, k = s.shape[-1], ids.shape[-1]
+        has_tail = mode == "tail" and k < vocab
+        if mode == "renormalize":
+            log_p = torch.log_softmax(lp / temperature, dim=-1)
+            log_q = torch.log_softmax(s.gather(-1, ids) / temperature, dim=-1)
+            value, g = ROWS[name](torch, log_q, log_p, w)
+            gradient = torch.zeros_like(s).scatter(-1, ids, g - log_q.exp() * g.sum(-1, keepdim=True))
+            return value, gradient / temperature
+        lse = torch.logsumexp(lp, dim=-1, keepdim=True)
+        over = lse >= 0
+        known = torch.where(over, lp - lse, lp)
+        if has_tail:
+            tail = torch.where(over, -math.inf, torch.log(-torch.expm1(lse.clamp(max=0.0))))
+            log_p = torch.cat([known, tail], dim=-1)
+        else:
+            log_p = known - torch.where(over, 0.0, lse)
+        lq = torch.log_softmax(s / temperature, dim=-1)
+        in_topk = torch.zeros_like(s, dtype=torch.bool).scatter(-1, ids, True)
+        log_q = lq.gather(-1, ids)
+        if has_tail:
+            log_q = torch.cat([log_q, torch.logsumexp(lq.masked_fill(in_topk, -math.inf), -1, keepdim=True)], -1)
+        value, g = ROWS[name](torch, log_q, log_p, w)
+        gradient = -lq.exp() * g.sum(-1, keepdim=True)
+        gradient = gradient.scatter_add(-1, ids, g[..., :k])
+        if has_tail:
+            tail_q = log_q[..., k:]
+            share = torch.where(in_topk | (tail_q == -math.inf), 0.0, (lq - tail_q).exp())
+            gradient = gradient + share * g[..., k:]
+        return value, gradient / temperature
+
+    def _topk_call(
+        self, student_logits: Any, logprobs: Any, ids: Any, mode: Any, divergence: Any, beta: Any, temperature: Any
+    ) -> tuple[Any, Any, Any, Any]:
+        mode = topk.check_mode(mode)
+        member, w = check_divergence(divergence, beta, None, TOPK_DIVERGENCE_NAMES)
+        temperature = checks.check_temperature(temperature)
+        torch = self._family_torch()
+        s = self._tensor(torch, "student_logits", student_logits)
+        lp, ix = self._topk_inputs(torch, s, logprobs, ids, mode, temperature)
+        compute, out = self._compute(torch, s, lp)
+        value, gradient = self._topk(s.to(compute), lp.to(compute), ix, mode, member.name, w, temperature)
+        return value, gradient.to(_own_dtype(torch, s.dtype)), out, s.dtype
+
+    def topk_divergence(
+        self,
+        student_logits: Any,
+        teacher_topk_logprobs: Any,
+        teacher_topk_ids: Any,
+        *,
+        mode: str = "tail",
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        temperature: float = 1.0,
+    ) -> Any:
+        value, _, out, _ = self._topk_call(
+            student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature
+        )
+        return value.to(out)
+
+    def topk_divergence_gradient(
+        self,
+        student_logits: Any,
+        teacher_topk_logprobs: Any,
+        teacher_topk_ids: Any,
+        *,
+        mode: str = "tail",
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        temperature: float = 1.0,
+    ) -> Any:
+        _, gradient, _, _ = self._topk_call(
+            student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature
+        )
+        return gradient
+
+    # ---- kd_loss over the family -----------------------------------------------------------------------
+
+    def family_kd(
+        self,
+        want_gradient: bool,
+        student_logits: Any,
+        teacher: Any,
+        labels: Any,
+        *,
+        temperature: Any,
+        alpha: Any,
+        divergence: Any,
+        beta: Any,
+        skew: Any,
+        ignore_index: Any,
+        reduction: Any,
+        normalizer: Any,
+    ) -> Any:
+        """``kd_loss`` (or its gradient) over the family: ``alpha CE + (1 - alpha) T^2 D`` per row, reduced,
+        ``mean`` dividing by ``normalizer`` when given."""
+        temperature, alpha, reduction = checks.check_hyperparameters(temperature, alpha, reduction)
+        ignore_index = checks.check_ignore_index(ignore_index)
+        sparse = is_topk(teacher)
+        member, w = check_divergence(divergence, beta, skew, TOPK_DIVERGENCE_NAMES if sparse else DIVERGENCE_NAMES)
+        norm = check_normalizer(normalizer, reduction)
+        torch = self._family_torch()
+        s = self._tensor(torch, "student_logits", student_logits)
+        if sparse:
+            pair = as_topk(teacher)
+            mode = topk.check_mode(pair.mode)
+            lp, ix = self._topk_inputs(torch, s, pair.logprobs, pair.ids, mode, temperature)
+            y = self._integers(torch, labels, checks.labels_dtype_message, checks.as_integer_labels)
+            checks.check_labels_shape(tuple(y.shape), tuple(s.shape))
+            compute, out = self._compute(torch, s, lp)
+            value, dvalue = self._topk(s.to(compute), lp.to(compute), ix, mode, member.name, w, temperature)
+        else:
+            t = self._tensor(torch, "teacher_logits", teacher)
+            y = self._integers(torch, labels, checks.labels_dtype_message, checks.as_integer_labels)
+            checks.check_shapes(tuple(s.shape), tuple(t.shape), tuple(y.shape))
+            self._check_logits(torch, ("student_logits", s), ("teacher_logits", t))
+            compute, out = self._compute(torch, s, t)
+            lq = torch.log_softmax(s.to(compute) / temperature, dim=-1)
+            lp = torch.log_softmax(t.to(compute) / temperature, dim=-1)
+            value, score = ROWS[member.name](torch, lq, lp, w)
+            dvalue = _chain(lq, score, temperature)
+        vocab, s_dtype = s.shape[-1], s.dtype
+        if y.numel() and bool(((y != ignore_index) & ((y < 0) | (y >= vocab))).any()):
+            checks.check_labels(self._host(torch, y), vocab, ignore_index)
+        valid = y != ignore_index
+        s = s.to(compute)
+        lq1 = torch.log_softmax(s, dim=-1)
+        label = torch.where(valid, y, 0)
+        weight = (1.0 - alpha) * temperature**2
+        count = norm if norm is not None else valid.sum().clamp(min=1).to(compute)
+        if want_gradient:
+            hard = lq1.exp() - torch.nn.functional.one_hot(label, vocab).to(compute)
+            soft = torch.where(valid[..., None], dvalue, 0.0)
+            gradient = _weighted(torch, alpha, hard) + _weighted(torch, weight, soft)
+            gradient = torch.where(valid[..., None], gradient, 0.0)
+            return (gradient / count if reduction == "mean" else gradient).to(_own_dtype(torch, s_dtype))
+        ce = torch.where(valid, -lq1.gather(-1, label[..., None])[..., 0], 0.0)
+        per_row = _weighted(torch, alpha, ce) + _weighted(torch, weight, torch.where(valid, value, 0.0))
+        if reduction == "none":
+            return per_row.to(out)
+        total = per_row.sum()
+        return (total if reduction == "sum" else total / count).to(out)
