@@ -19,11 +19,14 @@ float32; results come back in the input's dtype (the torch backend's policy).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends.protocol import FLOAT_DTYPES, Availability
 from backends.torch_backend import TorchBackend, _reduce
 from reference import checks
+
+if TYPE_CHECKING:
+    import torch
 
 CAPABILITIES = frozenset()
 """Optional protocol members implemented here (none yet: the divergence family and the fused linear KD
