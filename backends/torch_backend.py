@@ -57,6 +57,8 @@ class TorchBackend:
     """The KD math on torch tensors on one device (``"cpu"`` or ``"cuda"``); see the module docstring."""
 
     dtypes: tuple[str, ...] = FLOAT_DTYPES
+    capabilities: frozenset[str] = frozenset({"kd_loss_from_hidden"})
+    """Optional protocol members implemented here."""
 
     def __init__(self, device: str = "cpu") -> None:
         if device not in ("cpu", "cuda"):
@@ -332,6 +334,28 @@ class TorchBackend:
         return gradient
 
 
+    def kd_loss_from_hidden(
+        self,
+        student_hidden: Any,
+        student_weight: Any,
+        teacher: Any,
+        labels: Any,
+        *,
+        temperature: float,
+        alpha: float,
+        ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
+        reduction: str = "mean",
+        chunk_rows: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, dL/dh, dL/dW)`` of the KD loss of ``h W^T``, in row chunks (never ``[N, V]`` at once).
+
+        ``teacher`` is logits ``[..., V]`` or a ``(hidden, weight)`` pair; see
+        :mod:`backends.torch_fused_linear` (whose ``fused_linear_kd_loss`` is the differentiable form).
+        """
+        return _fused_linear(self, student_hidden, student_weight, teacher, labels, temperature, alpha,
+                             ignore_index, reduction, chunk_rows, None)  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------------
 # Row-wise math on validated tensors of the compute dtype (shape [..., V], labels [...]).
 # --------------------------------------------------------------------------------------------------------
@@ -435,6 +459,26 @@ def _forward_kl(
     if grad is not None:
         grad = grad.reshape(s.shape)
     return _reduce(torch, per_row, valid, reduction).to(out), grad
+
+
+def _fused_linear(
+    backend: Any, h: Any, w: Any, teacher: Any, labels: Any, temperature: Any, alpha: Any, ignore_index: Any,
+    reduction: Any, chunk_rows: Any, row_kernel: Any,
+) -> tuple[Any, Any, Any]:  # fmt: skip
+    """``kd_loss_from_hidden`` for the torch-tensor backends, with the row kernel of ``backend``."""
+    from backends import torch_fused_linear as fused
+
+    torch = backend._torch()
+    h, h2, w, teacher2, y1, lead, temperature, alpha, ignore_index, reduction = fused.validated(
+        backend, h, w, teacher, labels, temperature, alpha, ignore_index, reduction, chunk_rows
+    )
+    loss, grad_h, grad_w = fused.chunked_loss_and_gradients(
+        h2, w, teacher2, y1, temperature=temperature, alpha=alpha, ignore_index=ignore_index,
+        reduction=reduction, chunk_rows=chunk_rows, row_kernel=row_kernel or fused.torch_row_kernel, gradients=True,
+    )  # fmt: skip
+    out = torch.promote_types(h.dtype, w.dtype) if h.is_floating_point() else torch.float64
+    loss = loss.reshape(lead) if reduction == "none" else loss
+    return loss.to(out), grad_h.reshape(h.shape).to(out), grad_w.to(out)
 
 
 _FUNCTIONS: dict[str, Any] = {}

@@ -22,15 +22,15 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from backends.protocol import FLOAT_DTYPES, Availability
-from backends.torch_backend import TorchBackend, _reduce
+from backends.torch_backend import TorchBackend, _fused_linear, _reduce
 from reference import checks
 
 if TYPE_CHECKING:
     import torch
 
-CAPABILITIES = frozenset()
-"""Optional protocol members implemented here (none yet: the divergence family and the fused linear KD
-are torch-only for now; see docs/porting.md)."""
+CAPABILITIES = frozenset({"kd_loss_from_hidden"})
+"""Optional protocol members implemented here (the fused linear KD: the torch chunk loop around these
+kernels; the divergence family is not ported to Triton yet)."""
 
 
 def interpreted() -> bool:
@@ -80,6 +80,18 @@ class TritonBackend(TorchBackend):
     # Launch helpers.
     # ----------------------------------------------------------------------------------------------------
 
+    def _launch(self, kernel: Any, grid: tuple[int], *args: Any, **meta: Any) -> None:
+        """``kernel[grid](*args, **meta)``; in the interpreter, numpy's floating-point warnings are silenced
+        (``tl.where`` evaluates both branches, so guarded ``-inf - -inf`` and ``log(0)`` are computed and
+        discarded, as on a GPU, where they raise nothing)."""
+        if self.device == "cpu":
+            import numpy as np
+
+            with np.errstate(all="ignore"):
+                kernel[grid](*args, **meta)
+        else:
+            kernel[grid](*args, **meta)
+
     def _blocks(self, vocab: int) -> tuple[int, int]:
         import triton
 
@@ -113,7 +125,7 @@ class TritonBackend(TorchBackend):
             return stats
         block_n, block_v = self._blocks(vocab)
         grid = (-(-n // block_n),)
-        kernels.row_stats[grid](
+        self._launch(kernels.row_stats, grid,
             s,
             s if t is None else t,
             stats,
@@ -166,7 +178,7 @@ class TritonBackend(TorchBackend):
         result = torch.empty(rows.shape, dtype=out, device=rows.device)
         if rows.shape[0]:
             block_n, block_v = self._blocks(rows.shape[1])
-            kernels.softmax_out[(-(-rows.shape[0] // block_n),)](
+            self._launch(kernels.softmax_out, (-(-rows.shape[0] // block_n),),
                 rows, stats, result, rows.shape[0], rows.shape[1], rows.stride(0), result.stride(0),
                 1.0 / temperature, LOG=log, ACC=self._acc(torch, compute), BLOCK_N=block_n, BLOCK_V=block_v,
             )  # fmt: skip
@@ -272,7 +284,7 @@ class TritonBackend(TorchBackend):
         if s2.shape[0] == 0:
             return gradient
         block_n, block_v = self._blocks(s2.shape[1])
-        kernels.kd_gradient[(-(-s2.shape[0] // block_n),)](
+        self._launch(kernels.kd_gradient, (-(-s2.shape[0] // block_n),),
             s2, t2, torch.where(weight != 0, y1, 0).clamp(0, s2.shape[1] - 1), stats,
             weight.to(stats.dtype).contiguous(), gradient, s2.shape[0], s2.shape[1], s2.stride(0), t2.stride(0),
             gradient.stride(0), 1.0 / temperature, float(temperature), float(alpha), float(1.0 - alpha),
@@ -327,6 +339,44 @@ class TritonBackend(TorchBackend):
             torch, s2, t2, stats, y1, weight, temperature, alpha, s.dtype if s.is_floating_point() else torch.float64
         )
         return gradient.reshape(s.shape)
+
+
+    def kd_loss_from_hidden(
+        self,
+        student_hidden: Any,
+        student_weight: Any,
+        teacher: Any,
+        labels: Any,
+        *,
+        temperature: float,
+        alpha: float,
+        ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
+        reduction: str = "mean",
+        chunk_rows: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, dL/dh, dL/dW)`` of the KD loss of ``h W^T``: the torch chunk loop (matmuls by torch)
+        with the row statistics and the logit gradient of each chunk computed by the Triton kernels."""
+        return _fused_linear(self, student_hidden, student_weight, teacher, labels, temperature, alpha,
+                             ignore_index, reduction, chunk_rows, self._row_kernel)  # fmt: skip
+
+    def _row_kernel(
+        self, s: Any, t: Any, y: Any, weight: Any, *, temperature: float, alpha: float, gradient: bool
+    ) -> tuple[Any, Any]:
+        """The fused-linear loop's row kernel: loss rows and weighted logit gradient of one chunk."""
+        from backends import triton_kernels as kernels
+
+        torch = self._torch()
+        stats = self._stats(torch, s, t, inv_temp=1.0 / temperature, ce=alpha != 0.0, q=True, compute=s.dtype)
+        if self._flagged(torch, stats, (kernels.MQ, kernels.MP)):
+            self._check_values(torch, [("student_logits", s), ("teacher_logits", t)])
+        valid = torch.ones(y.shape, dtype=torch.bool, device=s.device)
+        loss = torch.zeros(y.shape, dtype=s.dtype, device=s.device)
+        if alpha != 0.0:
+            loss = loss + alpha * self._picked_ce(torch, s, stats, y, valid, s.dtype)
+        if alpha != 1.0:
+            loss = loss + ((1.0 - alpha) * temperature**2) * stats[:, kernels.KL]
+        g = self._kd_gradient(torch, s, t, stats, y, weight, temperature, alpha, s.dtype) if gradient else None
+        return loss, g
 
 
 _FUNCTIONS: dict[str, Any] = {}
