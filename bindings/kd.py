@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bindings import kd_pipeline, kd_strategies, kd_values
+from bindings import kd_fused, kd_pipeline, kd_strategies, kd_values
 from bindings.kd_strategies import KD_BATCH_FIELDS, STEP_CASE_FIELDS, KDBatch
 from bindings.kd_subject import KD_OPS, KDBackends, Reference
 from reference import providers
@@ -108,6 +108,9 @@ BINDING = Binding(
         **_HELPERS,
         "kd_loss_numeric_gradient": kd_loss_numeric_gradient,
         "forward_of": forward_of,
+        "linear_logits": kd_fused.linear_logits,
+        "linear_gradients": kd_fused.linear_gradients,
+        "fused_linear_peak": kd_fused.fused_linear_peak,
         "IGNORE_INDEX": kd_strategies.IGNORE_INDEX,
         "inf": float("inf"),
         "nan": float("nan"),
@@ -125,6 +128,11 @@ BINDING = Binding(
             kd_strategies.step_case,
             STEP_CASE_FIELDS,
             "fixture teacher and student providers with a batch (a StepCase record)",
+        ),
+        "kd_linear_batch": Strategy(
+            kd_fused.kd_linear_batch,
+            kd_fused.LINEAR_BATCH_FIELDS,
+            "random fused-linear KD inputs: hidden states, LM-head weight, teacher (a LinearBatch record)",
         ),
         "reduction": Strategy(kd_strategies.reduction, (), "none, sum or mean"),
         "choice": Strategy(kd_strategies.choice, (), "one of the listed values"),

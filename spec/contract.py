@@ -75,6 +75,8 @@ class FalsifierSpec:
     if_fails: str
     index: int
     check: CheckSpec | None
+    requires: tuple[str, ...] = ()
+    """Optional backend members the falsifier needs (``requires:`` in the contract)."""
 
 
 @dataclass
@@ -125,6 +127,7 @@ class Contract:
                     if_fails=str(item.get("if_fails", "")),
                     index=i,
                     check=check,
+                    requires=tuple(r for r in _list(item.get("requires")) if isinstance(r, str)),
                 )
             )
         return cls(path, doc, falsifiers)
