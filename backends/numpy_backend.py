@@ -34,7 +34,7 @@ class NumpyBackend:
     name = "numpy"
     device = "cpu"
     dtypes: tuple[str, ...] = ("float64", "float32")
-    capabilities: frozenset[str] = frozenset((*FAMILY_MEMBERS, *OPTIONAL_FEATURES))
+    capabilities: frozenset[str] = frozenset((*FAMILY_MEMBERS, *OPTIONAL_FEATURES, "kd_loss_from_hidden"))
 
     def available(self) -> Availability:
         """Always available: numpy is a dependency of the project."""
@@ -80,6 +80,51 @@ class NumpyBackend:
     total_variation_gradient = staticmethod(kd.total_variation_gradient)
     topk_divergence = staticmethod(kd.topk_divergence)
     topk_divergence_gradient = staticmethod(kd.topk_divergence_gradient)
+    @staticmethod
+    def kd_loss_from_hidden(
+        student_hidden: Any,
+        student_weight: Any,
+        teacher: Any,
+        labels: Any,
+        *,
+        temperature: float,
+        alpha: float,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        chunk_rows: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The fused linear KD, ``chunk_rows`` rows at a time (default: about 2^20 logits per chunk), each
+        chunk computed by the reference; equal to :func:`reference.fused_linear.kd_loss_from_hidden`."""
+        from reference import checks, fused_linear
+
+        reduction = checks.check_reduction(reduction)
+        if chunk_rows is not None and (
+            isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
+        ):
+            raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
+        kwargs = {"temperature": temperature, "alpha": alpha, "ignore_index": ignore_index}
+        h, w, t = fused_linear.linear_inputs(student_hidden, student_weight, teacher)
+        y = np.asarray(labels)
+        lead = h.shape[:-1]
+        h2, y1 = h.reshape(-1, h.shape[-1]), y.reshape(-1)
+        rows = chunk_rows or max(1, (1 << 20) // max(w.shape[0], 1))
+        valid = int(np.count_nonzero(y1 != ignore_index))
+        per_row = np.zeros(h2.shape[0])
+        grad_h = np.empty_like(h2)
+        grad_w = np.zeros_like(w)
+        for r0 in range(0, h2.shape[0], rows):
+            s = h2[r0 : r0 + rows] @ w.T
+            if isinstance(t, tuple):
+                tc = t[0].reshape(-1, t[0].shape[-1])[r0 : r0 + rows] @ t[1].T
+            else:
+                tc = np.asarray(t).reshape(-1, np.shape(t)[-1])[r0 : r0 + rows]
+            per_row[r0 : r0 + rows] = kd.kd_loss(s, tc, y1[r0 : r0 + rows], reduction="none", **kwargs)
+            g = kd.kd_logit_gradient(s, tc, y1[r0 : r0 + rows], reduction="sum", **kwargs)
+            grad_h[r0 : r0 + rows] = g @ w
+            grad_w += g.T @ h2[r0 : r0 + rows]
+        scale = 1.0 / max(valid, 1) if reduction == "mean" else 1.0
+        loss = per_row.reshape(lead) if reduction == "none" else np.asarray(per_row.sum() * scale)
+        return loss, (grad_h * scale).reshape(h.shape), grad_w * scale
 
     def __repr__(self) -> str:
         return "<backend numpy (reference.kd, float64) on cpu>"

@@ -43,6 +43,7 @@ BUILTINS: dict[str, str] = {
     "torch": "backends.torch_backend:TORCH_CPU",
     "torch-cuda": "backends.torch_backend:TORCH_CUDA",
     "cupy": "backends.cupy_backend:BACKEND",
+    "triton": "backends.triton_backend:BACKEND",
 }
 """The built-in backends in their listing order, with the targets ``pyproject.toml`` registers. They are
 used only when the distribution's metadata is absent (a source tree that was never installed); an

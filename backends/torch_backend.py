@@ -35,7 +35,7 @@ Autograd
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -59,6 +59,8 @@ class TorchBackend(TorchFamily):
     """The KD math on torch tensors on one device (``"cpu"`` or ``"cuda"``); see the module docstring."""
 
     dtypes: tuple[str, ...] = FLOAT_DTYPES
+    capabilities: frozenset[str] = frozenset({"kd_loss_from_hidden"})
+    """Optional protocol members implemented here."""
 
     def __init__(self, device: str = "cpu") -> None:
         if device not in ("cpu", "cuda"):
@@ -226,9 +228,8 @@ class TorchBackend(TorchFamily):
         s = self._logits(torch, "student_logits", student_logits)
         t = self._logits(torch, "teacher_logits", teacher_logits)
         y = self._labels(torch, labels, s.device)
-        vocab = checks.check_shapes(tuple(s.shape), tuple(t.shape), tuple(y.shape))
+        checks.check_shapes(tuple(s.shape), tuple(t.shape), tuple(y.shape))
         t = t.to(s.device)
-        self._check_values(torch, [("student_logits", s), ("teacher_logits", t)], (y, vocab, ignore_index))
         return torch, s, t, y, temperature, alpha, ignore_index, reduction
 
     # ----------------------------------------------------------------------------------------------------
@@ -350,11 +351,30 @@ class TorchBackend(TorchFamily):
         torch, s, t, y, temperature, alpha, ignore_index, reduction = self._kd_inputs(
             student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
         )
-        compute, _ = self._compute_dtype(torch, s, t)
-        _, out = self._compute_dtype(torch, s)
-        stats = _KDStats.compute(s.to(compute), t.to(compute), temperature)
-        gradient = _kd_gradient(torch, stats, y, y != ignore_index, temperature, alpha, reduction)
-        return gradient.to(out)
+        _, gradient = _forward_kl(torch, s, t, y, temperature, alpha, ignore_index, reduction, gradient=True)
+        return gradient
+
+
+    def kd_loss_from_hidden(
+        self,
+        student_hidden: Any,
+        student_weight: Any,
+        teacher: Any,
+        labels: Any,
+        *,
+        temperature: float,
+        alpha: float,
+        ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
+        reduction: str = "mean",
+        chunk_rows: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, dL/dh, dL/dW)`` of the KD loss of ``h W^T``, in row chunks (never ``[N, V]`` at once).
+
+        ``teacher`` is logits ``[..., V]`` or a ``(hidden, weight)`` pair; see
+        :mod:`backends.torch_fused_linear` (whose ``fused_linear_kd_loss`` is the differentiable form).
+        """
+        return _fused_linear(self, student_hidden, student_weight, teacher, labels, temperature, alpha,
+                             ignore_index, reduction, chunk_rows, None)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -366,11 +386,6 @@ def _shifted(torch: Any, z: torch.Tensor, temperature: float) -> torch.Tensor:
     """``(z - max z) / T`` over the last axis: all entries <= 0, so huge logits cannot overflow to inf - inf
     (``[-1.7e308, 1.7e308]`` at T = 0.5 gives softmax ``[0, 1]``, not NaN). The row max is finite (checked)."""
     return (z - z.amax(dim=-1, keepdim=True)) / temperature
-
-
-def _weighted(torch: Any, weight: float, term: torch.Tensor) -> torch.Tensor:
-    """``weight * term``, except a weight of exactly 0 gives exactly 0 (even where the term is +inf)."""
-    return torch.zeros_like(term) if weight == 0.0 else weight * term
 
 
 def _cross_entropy_rows(torch: Any, log_q: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -404,90 +419,93 @@ def _valid_count_divisor(torch: Any, valid: torch.Tensor, dtype: Any) -> torch.T
     return valid.sum().clamp_min(1).to(dtype)
 
 
-class _KDStats(NamedTuple):
-    """Inputs and per-row statistics of the three softmaxes KD needs: of ``s``, ``s/T`` and ``t/T``.
-
-    For each scaled logits ``z`` it keeps the row max ``m`` and ``lse = log sum exp(z - m)`` (shape
-    ``[..., 1]``), so ``log_softmax(z) = (z - m) - lse`` is formed without cancellation and every softmax
-    can be rebuilt elementwise in backward without another reduction.
-    """
-
-    s: torch.Tensor
-    t: torch.Tensor
-    m1: torch.Tensor
-    lse1: torch.Tensor
-    mq: torch.Tensor
-    lseq: torch.Tensor
-    mp: torch.Tensor
-    lsep: torch.Tensor
-
-    @staticmethod
-    def _row(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = z.amax(dim=-1, keepdim=True)  # finite: every row has a finite entry (checked)
-        return m, (z - m).exp().sum(dim=-1, keepdim=True).log()
-
-    @classmethod
-    def compute(cls, s: torch.Tensor, t: torch.Tensor, temperature: float) -> _KDStats:
-        """Statistics of ``s`` and ``t`` (already in the compute dtype) at ``temperature``."""
-        m1, lse1 = cls._row(s)
-        mq, lseq = (m1, lse1) if temperature == 1.0 else cls._row(s / temperature)
-        mp, lsep = cls._row(t / temperature)
-        return cls(s, t, m1, lse1, mq, lseq, mp, lsep)
-
-    def log_q1(self) -> torch.Tensor:
-        """``log softmax(s)``."""
-        return (self.s - self.m1) - self.lse1
-
-    def log_qT(self, temperature: float) -> torch.Tensor:
-        """``log softmax(s / T)``."""
-        return (self.s / temperature - self.mq) - self.lseq
-
-    def log_pT(self, temperature: float) -> torch.Tensor:
-        """``log softmax(t / T)``."""
-        return (self.t / temperature - self.mp) - self.lsep
+def _gradient_dtype(torch: Any, s: torch.Tensor) -> Any:
+    """The gradient's dtype: the student's (float64 for integer student logits)."""
+    return s.dtype if s.is_floating_point() else torch.float64
 
 
-def _kd_loss_rows(
+def _forward_kl(
     torch: Any,
-    stats: _KDStats,
+    s: torch.Tensor,
+    t: torch.Tensor,
     y: torch.Tensor,
-    valid: torch.Tensor,
     temperature: float,
     alpha: float,
-) -> torch.Tensor:
-    """``alpha * CE_i + (1 - alpha) * T^2 * KL_i`` on valid rows, 0 on ignored rows."""
-    ce = _cross_entropy_rows(torch, stats.log_q1(), y, valid)
-    kl = _kl_rows(torch, stats.log_pT(temperature), stats.log_qT(temperature))
-    kl = torch.where(valid, kl, torch.zeros_like(kl))
-    return _weighted(torch, alpha, ce) + _weighted(torch, (1.0 - alpha) * temperature**2, kl)
-
-
-def _kd_gradient(
-    torch: Any,
-    stats: _KDStats,
-    y: torch.Tensor,
-    valid: torch.Tensor,
-    temperature: float,
-    alpha: float,
+    ignore_index: int,
     reduction: str,
-) -> torch.Tensor:
-    """``alpha (softmax(s) - e_y) + (1 - alpha) T (softmax(s/T) - softmax(t/T))``, reduced like the loss.
+    *,
+    gradient: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reduced forward-KL KD loss (dtype promoted from ``s`` and ``t``) and, if asked, its gradient.
 
-    Built from the row statistics with elementwise operations only (plus the one-hot scatter); a term
-    whose weight is 0 is skipped (it is finite, so skipping it changes nothing but the work).
+    Validates the logits' values with the row maxes the kernel needs anyway (one reduction pass per
+    input, one host sync), then runs :func:`backends.torch_kd_kernel.kd_rows` over row blocks.
     """
-    gradient = torch.zeros_like(stats.s)
-    if alpha != 0.0:
-        one_hot_index = torch.where(valid, y, 0).unsqueeze(-1)
-        minus_alpha = torch.full_like(one_hot_index, -alpha, dtype=stats.s.dtype)
-        gradient = (alpha * stats.log_q1().exp()).scatter_add(-1, one_hot_index, minus_alpha)
-    if alpha != 1.0:
-        soft = stats.log_qT(temperature).exp() - stats.log_pT(temperature).exp()
-        gradient = gradient + ((1.0 - alpha) * temperature) * soft
-    gradient = torch.where(valid.unsqueeze(-1), gradient, torch.zeros_like(gradient))
+    from backends import torch_kd_kernel as kernel
+
+    compute, out = TorchBackend._compute_dtype(torch, s, t)
+    s2, t2 = kernel.as_rows(s), kernel.as_rows(t)
+    if not s2.is_floating_point():
+        s2 = s2.to(compute)
+    if not t2.is_floating_point():
+        t2 = t2.to(compute)
+    y1 = y.reshape(-1)
+    vocab = s.shape[-1]
+    valid = y1 != ignore_index
+    labels_ok = bool((~(valid & ((y1 < 0) | (y1 >= vocab)))).all())
+    count = valid.sum().clamp_min(1)
+    weight = valid.to(compute)
     if reduction == "mean":
-        gradient = gradient / _valid_count_divisor(torch, valid, gradient.dtype)
-    return gradient
+        weight = weight / count.to(compute)
+    safe_y = torch.where(valid, y1, 0)
+    gradient_dtype = _gradient_dtype(torch, s) if gradient else None
+    result = None
+    if labels_ok and s2.numel() and kernel.use_compiled(s2.numel()):
+        hyper = [torch.tensor(x, dtype=compute, device=s.device) for x in (1.0 / temperature, alpha, 1.0 - alpha)]
+        result = kernel.run_compiled(s2, t2, safe_y, weight, *hyper, gradient_dtype, compute, temperature == 1.0)
+    if result is not None:
+        per_row, grad, m_s, m_t = result
+    else:
+        m_s, m_t = s2.amax(dim=1), t2.amax(dim=1)
+    if not (labels_ok and kernel.row_max_all_finite(m_s, m_t)):
+        TorchBackend._check_values(torch, [("student_logits", s), ("teacher_logits", t)], (y, vocab, ignore_index))
+    if result is None:
+        per_row, grad = kernel.kd_rows(
+            s2,
+            t2,
+            safe_y,
+            m_s=m_s,
+            m_t=m_t,
+            temperature=temperature,
+            alpha=alpha,
+            row_weight=weight,
+            compute=compute,
+            gradient_dtype=gradient_dtype,
+        )
+    per_row = torch.where(valid, per_row, 0.0).reshape(y.shape)
+    if grad is not None:
+        grad = grad.reshape(s.shape)
+    return _reduce(torch, per_row, valid, reduction).to(out), grad
+
+
+def _fused_linear(
+    backend: Any, h: Any, w: Any, teacher: Any, labels: Any, temperature: Any, alpha: Any, ignore_index: Any,
+    reduction: Any, chunk_rows: Any, row_kernel: Any,
+) -> tuple[Any, Any, Any]:  # fmt: skip
+    """``kd_loss_from_hidden`` for the torch-tensor backends, with the row kernel of ``backend``."""
+    from backends import torch_fused_linear as fused
+
+    torch = backend._torch()
+    h, h2, w, teacher2, y1, lead, temperature, alpha, ignore_index, reduction = fused.validated(
+        backend, h, w, teacher, labels, temperature, alpha, ignore_index, reduction, chunk_rows
+    )
+    loss, grad_h, grad_w = fused.chunked_loss_and_gradients(
+        h2, w, teacher2, y1, temperature=temperature, alpha=alpha, ignore_index=ignore_index,
+        reduction=reduction, chunk_rows=chunk_rows, row_kernel=row_kernel or fused.torch_row_kernel, gradients=True,
+    )  # fmt: skip
+    out = torch.promote_types(h.dtype, w.dtype) if h.is_floating_point() else torch.float64
+    loss = loss.reshape(lead) if reduction == "none" else loss
+    return loss.to(out), grad_h.reshape(h.shape).to(out), grad_w.to(out)
 
 
 _FUNCTIONS: dict[str, Any] = {}
@@ -501,30 +519,40 @@ def _kd_function(torch: Any) -> Any:
     class KDLossFunction(torch.autograd.Function):
         """kd_loss whose backward is the analytic gradient (teacher and labels get no gradient).
 
-        Forward saves the (compute-dtype) logits and the six per-row statistics; backward rebuilds the
-        three softmaxes elementwise from them.
+        When the student needs a gradient, forward forms it in the same pass as the loss (one ``[..., V]``
+        buffer, the only large allocation) and backward scales it in place by ``grad_output`` and hands it
+        to autograd. A second backward through the same graph (``retain_graph=True``) recomputes it from
+        the saved inputs, since the first one may have been accumulated into or zeroed by then.
         """
 
         @staticmethod
         def forward(ctx: Any, s, t, y, temperature, alpha, ignore_index, reduction):  # type: ignore[override]
-            compute, out = TorchBackend._compute_dtype(torch, s, t)
-            stats = _KDStats.compute(s.to(compute), t.to(compute), temperature)
-            valid = y != ignore_index
-            per_row = _kd_loss_rows(torch, stats, y, valid, temperature, alpha)
-            ctx.save_for_backward(y, valid, *stats)
-            ctx.hyper = (temperature, alpha, reduction)
-            ctx.input_dtype = s.dtype
-            return _reduce(torch, per_row, valid, reduction).to(out)
+            need = bool(ctx.needs_input_grad[0])
+            loss, gradient = _forward_kl(
+                torch, s, t, y, temperature, alpha, ignore_index, reduction, gradient=need
+            )
+            if need:
+                ctx.save_for_backward(s, t, y)
+                ctx.gradient = gradient
+                ctx.hyper = (temperature, alpha, ignore_index, reduction)
+            return loss
 
         @staticmethod
         @torch.autograd.function.once_differentiable
         def backward(ctx: Any, grad_output):  # type: ignore[override]
-            y, valid, *saved = ctx.saved_tensors
-            temperature, alpha, reduction = ctx.hyper
-            gradient = _kd_gradient(torch, _KDStats(*saved), y, valid, temperature, alpha, reduction)
+            s, t, y = ctx.saved_tensors
+            temperature, alpha, ignore_index, reduction = ctx.hyper
+            gradient, ctx.gradient = ctx.gradient, None
+            if gradient is None:  # a second backward: the first one's buffer is autograd's now
+                _, gradient = _forward_kl(
+                    torch, s, t, y, temperature, alpha, ignore_index, reduction, gradient=True
+                )
             scale = grad_output.to(gradient.dtype)
-            gradient = gradient * (scale.unsqueeze(-1) if reduction == "none" else scale)
-            return gradient.to(ctx.input_dtype), None, None, None, None, None, None
+            if reduction == "none":
+                gradient.mul_(scale.unsqueeze(-1))
+            elif not (scale.device.type == "cpu" and float(scale) == 1.0):
+                gradient.mul_(scale)
+            return gradient, None, None, None, None, None, None
 
     _FUNCTIONS["kd"] = KDLossFunction
     return KDLossFunction

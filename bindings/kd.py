@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bindings import kd_family, kd_pipeline, kd_strategies, kd_values
+from bindings import kd_family, kd_fused, kd_pipeline, kd_strategies, kd_values
 from bindings.kd_strategies import KD_BATCH_FIELDS, STEP_CASE_FIELDS, KDBatch
 from bindings.kd_subject import KD_OPS, Reference, not_the_reference, round_to
 from reference import providers
@@ -182,6 +182,9 @@ BINDING = Binding(
         "block_softmax_sums": block_softmax_sums,
         "block_last_row": block_last_row,
         "not_the_reference": not_the_reference,
+        "linear_logits": kd_fused.linear_logits,
+        "linear_gradients": kd_fused.linear_gradients,
+        "fused_linear_peak": kd_fused.fused_linear_peak,
         "IGNORE_INDEX": kd_strategies.IGNORE_INDEX,
         "inf": float("inf"),
         "nan": float("nan"),
@@ -189,7 +192,7 @@ BINDING = Binding(
     },
     namespaces={"ref": Reference("float64"), "providers": providers, "pipeline": kd_pipeline},
     namespace_attributes={
-        "kd": KD_OPS,
+        "kd": (*KD_OPS, "kd_loss_from_hidden"),
         "ref": (*KD_OPS, "kd_step"),
         "providers": ("FixtureTeacher", "FixtureStudent"),
         "pipeline": kd_pipeline.ATTRIBUTES,
@@ -200,6 +203,11 @@ BINDING = Binding(
             kd_strategies.step_case,
             STEP_CASE_FIELDS,
             "fixture teacher and student providers with a batch (a StepCase record)",
+        ),
+        "kd_linear_batch": Strategy(
+            kd_fused.kd_linear_batch,
+            kd_fused.LINEAR_BATCH_FIELDS,
+            "random fused-linear KD inputs: hidden states, LM-head weight, teacher (a LinearBatch record)",
         ),
         "reduction": Strategy(kd_strategies.reduction, (), "none, sum or mean"),
         "choice": Strategy(kd_strategies.choice, (), "one of the listed values"),

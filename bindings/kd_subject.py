@@ -88,6 +88,22 @@ class BackendOps:
     ) -> np.ndarray:
         return self._call("kd_logit_gradient", student_logits, teacher_logits, labels, **kwargs)
 
+    def kd_loss_from_hidden(
+        self, hidden: Any, weight: Any, teacher: Any, labels: Any, **kwargs: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(loss, dL/dhidden, dL/dweight)`` as numpy; a teacher pair is converted element by element.
+
+        A backend without this optional member is skipped with ``not implemented: kd_loss_from_hidden``.
+        """
+        method = getattr(self.backend, "kd_loss_from_hidden", None)
+        if method is None:
+            import pytest
+
+            pytest.skip("not implemented: kd_loss_from_hidden")
+        teacher = tuple(self._in(x) for x in teacher) if isinstance(teacher, tuple) else self._in(teacher)
+        result = method(self._in(hidden), self._in(weight), teacher, self._in(labels), **kwargs)
+        return tuple(np.asarray(self.backend.to_numpy(x), dtype=np.float64) for x in result)  # type: ignore[return-value]
+
 
 def is_reference(backend: Any) -> bool:
     """Whether ``backend``'s math surface is the reference's own functions (the ``numpy`` backend)."""
@@ -120,6 +136,13 @@ class Reference:
         if isinstance(x, np.ndarray) and x.dtype.kind == "f":
             return round_to(x, self.dtype)
         return x
+
+    def kd_loss_from_hidden(self, hidden: Any, weight: Any, teacher: Any, labels: Any, **kwargs: Any) -> Any:
+        """:func:`reference.fused_linear.kd_loss_from_hidden` on the rounded inputs."""
+        from reference import fused_linear
+
+        teacher = tuple(self._in(x) for x in teacher) if isinstance(teacher, tuple) else self._in(teacher)
+        return fused_linear.kd_loss_from_hidden(self._in(hidden), self._in(weight), teacher, labels, **kwargs)
 
     def __getattr__(self, op: str) -> Any:
         if op not in KD_OPS:

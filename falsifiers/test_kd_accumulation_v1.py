@@ -25,7 +25,6 @@ F_ACCUM_GRAD_001 = Falsifier(
     ),
     tolerance={'float64': 1e-14, 'float32': 1e-06},
     requires=('kd_loss_normalizer', 'kd_loss_divergence'),
-    requires=('kd_loss_normalizer', 'kd_loss_divergence'),
 )
 
 
@@ -55,7 +54,6 @@ F_ACCUM_GRAD_002 = Falsifier(
     ),
     tolerance={'float64': 1e-14, 'float32': 1e-06},
     requires=('kd_loss_normalizer', 'kd_loss_topk'),
-    requires=('kd_loss_normalizer', 'kd_loss_topk'),
 )
 
 
@@ -84,7 +82,6 @@ F_ACCUM_LOSS_001 = Falsifier(
         ('whole', "family_loss(kd, d, b.student, b.teacher, b.labels, b.temperature, b.alpha, 'mean')"),
     ),
     tolerance={'float64': 1e-12, 'float32': 1e-05},
-    requires=('kd_loss_normalizer', 'kd_loss_divergence'),
     requires=('kd_loss_normalizer', 'kd_loss_divergence'),
 )
 
@@ -119,7 +116,6 @@ F_ACCUM_LOCAL_001 = Falsifier(
     ),
     tolerance={'float64': 1e-12, 'float32': 1e-05},
     requires=('kd_loss_normalizer',),
-    requires=('kd_loss_normalizer',),
 )
 
 
@@ -144,7 +140,6 @@ F_ACCUM_INPUT_001 = Falsifier(
     given={'b': ('kd_batch', {}), 'bad': ('choice', {'values': [[0.0, 'mean'], [-3.0, 'mean'], [float('nan'), 'mean'], [float('inf'), 'mean'], [4.0, 'sum'], [4.0, 'none']]})},
     raises='ValueError',
     match='normalizer',
-    requires=('kd_loss_normalizer',),
     requires=('kd_loss_normalizer',),
 )
 

@@ -25,7 +25,6 @@ F_DIV_GRAD_001 = Falsifier(
     tolerance={'float64': 1e-05},
     max_examples=20,
     requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
-    requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
 )
 
 
@@ -54,7 +53,6 @@ F_DIV_GRAD_002 = Falsifier(
         ('sums', 'row_sums(grad)'),
     ),
     tolerance={'float64': 1e-12, 'float32': 1e-05},
-    requires=('kl_divergence_gradient', 'reverse_kl_gradient', 'generalized_jsd_gradient', 'interpolated_kl_gradient', 'skew_kl_gradient', 'skew_reverse_kl_gradient', 'total_variation_gradient'),
     requires=('kl_divergence_gradient', 'reverse_kl_gradient', 'generalized_jsd_gradient', 'interpolated_kl_gradient', 'skew_kl_gradient', 'skew_reverse_kl_gradient', 'total_variation_gradient'),
 )
 
@@ -85,7 +83,6 @@ F_DIV_ZERO_001 = Falsifier(
     ),
     tolerance={'float64': 1e-12, 'float32': 1e-05},
     requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
-    requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
 )
 
 
@@ -113,7 +110,6 @@ F_DIV_NONNEG_001 = Falsifier(
         ('value', 'div(kd, d, b.student, b.teacher, b.temperature)'),
     ),
     tolerance={'float64': 1e-12, 'float32': 1e-05},
-    requires=('reverse_kl', 'generalized_jsd', 'interpolated_kl', 'skew_kl', 'skew_reverse_kl', 'total_variation'),
     requires=('reverse_kl', 'generalized_jsd', 'interpolated_kl', 'skew_kl', 'skew_reverse_kl', 'total_variation'),
 )
 
@@ -152,7 +148,6 @@ F_DIV_CLOSED_001 = Falsifier(
     ),
     tolerance={'float64': 1e-12, 'float32': 1e-06},
     requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'interpolated_kl', 'skew_kl', 'skew_reverse_kl', 'total_variation'),
-    requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'interpolated_kl', 'skew_kl', 'skew_reverse_kl', 'total_variation'),
 )
 
 
@@ -183,7 +178,6 @@ F_DIV_TEMP_001 = Falsifier(
     ),
     tolerance={'float64': 1e-09},
     max_examples=15,
-    requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
     requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
 )
 
@@ -218,7 +212,6 @@ F_DIV_ENDPOINT_001 = Falsifier(
     ),
     tolerance={'float64': 1e-12, 'float32': 1e-05},
     max_examples=10,
-    requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient'),
     requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient'),
 )
 
@@ -256,7 +249,6 @@ F_DIV_ENDPOINT_002 = Falsifier(
     ),
     max_examples=15,
     requires=('reverse_kl', 'generalized_jsd'),
-    requires=('reverse_kl', 'generalized_jsd'),
 )
 
 
@@ -289,7 +281,6 @@ F_DIV_LIMIT_001 = Falsifier(
     ),
     max_examples=15,
     requires=('reverse_kl', 'generalized_jsd', 'generalized_jsd_gradient'),
-    requires=('reverse_kl', 'generalized_jsd', 'generalized_jsd_gradient'),
 )
 
 
@@ -319,7 +310,6 @@ F_DIV_PARITY_001 = Falsifier(
     ),
     tolerance={'float64': 1e-06, 'float32': 0.0001, 'bfloat16': 0.05},
     requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
-    requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
 )
 
 
@@ -346,7 +336,6 @@ F_DIV_FINITE_001 = Falsifier(
         ('grad', 'div_grad(kd, d, masked.student, masked.teacher, masked.temperature)'),
     ),
     max_examples=15,
-    requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
     requires=('kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient', 'interpolated_kl', 'interpolated_kl_gradient', 'skew_kl', 'skew_kl_gradient', 'skew_reverse_kl', 'skew_reverse_kl_gradient', 'total_variation', 'total_variation_gradient'),
 )
 
@@ -379,7 +368,6 @@ F_DIV_KD_001 = Falsifier(
     ),
     tolerance={'float64': 1e-09, 'float32': 0.0001, 'bfloat16': 0.05},
     requires=('kd_loss_divergence', 'reverse_kl', 'generalized_jsd', 'interpolated_kl', 'skew_kl', 'skew_reverse_kl', 'total_variation'),
-    requires=('kd_loss_divergence', 'reverse_kl', 'generalized_jsd', 'interpolated_kl', 'skew_kl', 'skew_reverse_kl', 'total_variation'),
 )
 
 
@@ -409,7 +397,6 @@ F_DIV_KD_002 = Falsifier(
     tolerance={'float64': 1e-05},
     max_examples=10,
     requires=('kd_loss_divergence',),
-    requires=('kd_loss_divergence',),
 )
 
 
@@ -435,7 +422,6 @@ F_DIV_INPUT_001 = Falsifier(
     raises='ValueError',
     match='forward_kl',
     requires=('kd_loss_divergence',),
-    requires=('kd_loss_divergence',),
 )
 
 
@@ -460,7 +446,6 @@ F_DIV_INPUT_002 = Falsifier(
     given={'b': ('kd_batch', {}), 'bad': ('choice', {'values': [['generalized_jsd', 1.5], ['generalized_jsd', None], ['interpolated_kl', -0.25], ['reverse_kl', 0.5], ['skew_kl', 2.0]]})},
     raises='ValueError',
     match='(beta|skew)',
-    requires=('kd_loss_divergence',),
     requires=('kd_loss_divergence',),
 )
 

@@ -21,7 +21,6 @@ F_TOPK_DENSE_001 = Falsifier(
     given={'d': ('divergence', {'topk': True}), 'b': ('topk_batch', {'k': 'full'})},
     tolerance={'float64': 1e-09, 'float32': 0.0001},
     requires=('topk_divergence', 'topk_divergence_gradient', 'kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient'),
-    requires=('topk_divergence', 'topk_divergence_gradient', 'kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient'),
 )
 
 
@@ -49,7 +48,6 @@ F_TOPK_NONNEG_001 = Falsifier(
         ('value', 'topk(kd, d, b)'),
     ),
     tolerance={'float64': 1e-12, 'float32': 1e-05},
-    requires=('topk_divergence',),
     requires=('topk_divergence',),
 )
 
@@ -79,7 +77,6 @@ F_TOPK_GRAD_001 = Falsifier(
     ),
     tolerance={'float64': 1e-05},
     max_examples=20,
-    requires=('topk_divergence', 'topk_divergence_gradient'),
     requires=('topk_divergence', 'topk_divergence_gradient'),
 )
 
@@ -111,7 +108,6 @@ F_TOPK_GRAD_002 = Falsifier(
     ),
     tolerance={'float64': 1e-12, 'float32': 1e-05},
     requires=('topk_divergence_gradient',),
-    requires=('topk_divergence_gradient',),
 )
 
 
@@ -137,7 +133,6 @@ F_TOPK_RENORM_001 = Falsifier(
     given={'d': ('divergence', {'topk': True}), 'b': ('topk_batch', {'mode': 'renormalize'})},
     tolerance={'float64': 1e-09, 'float32': 0.0001},
     requires=('topk_divergence', 'topk_divergence_gradient', 'kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient'),
-    requires=('topk_divergence', 'topk_divergence_gradient', 'kl_divergence_gradient', 'reverse_kl', 'reverse_kl_gradient', 'generalized_jsd', 'generalized_jsd_gradient'),
 )
 
 
@@ -162,7 +157,6 @@ F_TOPK_TAIL_001 = Falsifier(
     dtypes=('float64', 'float32'),
     given={'d': ('divergence', {'topk': True}), 'b': ('topk_batch', {'mode': 'tail', 'k': 'partial'})},
     tolerance={'float64': 1e-09, 'float32': 0.0001},
-    requires=('topk_divergence', 'kl_divergence_gradient', 'reverse_kl', 'generalized_jsd'),
     requires=('topk_divergence', 'kl_divergence_gradient', 'reverse_kl', 'generalized_jsd'),
 )
 
@@ -196,7 +190,6 @@ F_TOPK_KD_001 = Falsifier(
     tolerance={'float64': 1e-05},
     max_examples=15,
     requires=('kd_loss_topk', 'topk_divergence'),
-    requires=('kd_loss_topk', 'topk_divergence'),
 )
 
 
@@ -221,7 +214,6 @@ F_TOPK_PARITY_001 = Falsifier(
     dtypes=('float64', 'float32'),
     given={'d': ('divergence', {'topk': True}), 'b': ('topk_batch', {})},
     tolerance={'float64': 1e-06, 'float32': 0.0001},
-    requires=('topk_divergence', 'topk_divergence_gradient'),
     requires=('topk_divergence', 'topk_divergence_gradient'),
 )
 
@@ -251,7 +243,6 @@ F_TOPK_INPUT_001 = Falsifier(
     raises='ValueError',
     match='row \\(.*twice',
     requires=('topk_divergence',),
-    requires=('topk_divergence',),
 )
 
 
@@ -276,7 +267,6 @@ F_TOPK_INPUT_002 = Falsifier(
     given={'b': ('topk_batch', {}), 'bad': ('choice', {'values': [-1, 0]})},
     raises='ValueError',
     match='row \\(.*outside \\[0, ',
-    requires=('topk_divergence',),
     requires=('topk_divergence',),
 )
 
@@ -303,7 +293,6 @@ F_TOPK_INPUT_003 = Falsifier(
     raises='ValueError',
     match='row \\(.*(> 0|NaN)',
     requires=('topk_divergence',),
-    requires=('topk_divergence',),
 )
 
 
@@ -328,7 +317,6 @@ F_TOPK_INPUT_004 = Falsifier(
     given={'b': ('topk_batch', {})},
     raises='ValueError',
     match='row \\(.*(mass|> 0)',
-    requires=('topk_divergence',),
     requires=('topk_divergence',),
 )
 
@@ -356,7 +344,6 @@ F_TOPK_INPUT_005 = Falsifier(
         ('value', 'topk_call(kd, d, b.student, with_mass(b.logprobs, 1.0 + 1.0e-6), b.ids, b.mode, b.temperature)'),
     ),
     requires=('topk_divergence',),
-    requires=('topk_divergence',),
 )
 
 
@@ -381,7 +368,6 @@ F_TOPK_TEMP_001 = Falsifier(
     given={'b': ('topk_batch', {'mode': 'tail'})},
     raises='ValueError',
     match='temperature.*renormalize',
-    requires=('topk_divergence',),
     requires=('topk_divergence',),
 )
 

@@ -111,7 +111,6 @@ def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
         "match": check.match,
         "tolerance": {d: check.tolerance[d] for d in check.dtypes if d in check.tolerance},
         "max_examples": check.max_examples,
-        "requires": check.requires,
     }
     for name, value in optional.items():
         if value != getattr(default, name) and value not in ({}, ()):
