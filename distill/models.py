@@ -104,14 +104,21 @@ def load_model(spec: str, *, seed: int, flag: str = "--student") -> torch.nn.Mod
 
 
 def output_vocab_size(model: torch.nn.Module) -> int:
-    """Width of the model's logits: the rows of its output embedding (or ``config.vocab_size``)."""
+    """Width of the model's logits: a plain module's ``vocab_size`` attribute, else the rows of its output
+    embedding, else ``config.vocab_size``."""
+    own = getattr(model, "vocab_size", None)
+    if isinstance(own, int) and not isinstance(own, bool):
+        return own
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if head is not None and hasattr(head, "weight"):
         return int(head.weight.shape[0])
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if not isinstance(vocab, int):
-        raise ModelError(f"{type(model).__name__} has neither an output embedding nor config.vocab_size")
+        raise ModelError(
+            f"{type(model).__name__} has no vocab_size, output embedding or config.vocab_size: "
+            "give it a vocab_size attribute"
+        )
     return vocab
 
 
