@@ -298,7 +298,8 @@ class Trainer:
         assert self.output_dir is not None
         checkpoint = read_checkpoint(self.output_dir / CHECKPOINT_FILENAME)
         mine = self._checkpoint_config()
-        differing = sorted(k for k in mine if checkpoint.config.get(k) != mine[k] and k != "epochs")
+        free = {"epochs", "checkpoint_every"}  # a resumed run may be longer or shorter, checkpoint more or less
+        differing = sorted(k for k in mine if k not in free and checkpoint.config.get(k) != mine[k])
         if differing:
             raise CheckpointError(
                 f"--resume: the checkpoint was written with other settings ({', '.join(differing)}); "
