@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+pytest.importorskip("transformers", reason="the models extra is not installed: pip install -e '.[torch,models]'")
 import torch
 
 from backends import registry

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("transformers", reason="the models extra is not installed: pip install -e '.[torch,models]'")
+
 from bindings.kd_pipeline import parse_smoke
 from distill import cli
 from tests import distill_helpers as h
