@@ -388,6 +388,10 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str], stdout: TextIO, st
         m = result.metrics
         stdout.write(f"Loss {m.initial_loss:.4f} -> {m.final_loss:.4f} over {m.steps_completed} steps "
                      f"in {m.duration_s:.1f}s\n")
+    dropped = [r["teacher_mass_dropped"] for r in result.records if "teacher_mass_dropped" in r]
+    if dropped:
+        stdout.write(f"--vocab-align truncate dropped {sum(dropped) / len(dropped):.6f} of the teacher's probability "
+                     f"per token on average (max {max(dropped):.6f} in a step)\n")
     stdout.write(f"Student written to {os.path.join(options.output_display, 'student')}\n")
     stdout.flush()
     return EXIT_OK, options.output_dir

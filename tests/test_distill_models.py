@@ -204,6 +204,16 @@ def test_truncate_reports_the_dropped_teacher_mass() -> None:
     assert 0 < record["teacher_mass_dropped"] < 1
 
 
+def test_teacher_keeps_its_own_dtype() -> None:
+    """A bfloat16 teacher's logits reach the loss in bfloat16 (the backend widens them, not the pipeline)."""
+    t = h.trainer(h.model(seed=0), h.model(seed=1).to(torch.bfloat16))
+    batch = next(iter(t.chunks.batches(4, seed=0, epoch=1)))
+    inputs = t.step_inputs(batch)
+    assert inputs.teacher.dtype == torch.bfloat16 and inputs.student.dtype == torch.float32
+    record = t.train_step([batch])
+    assert record["loss"] > 0 and record["kl"] > 0
+
+
 def test_topk_answers_are_checked() -> None:
     batch = _batch([[1, 2, 3]], 3)
     logprobs, ids = topk_from_logits(torch.randn(1, 3, 16), 4)
