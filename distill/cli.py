@@ -264,7 +264,7 @@ def _build(options: Options, stdout: TextIO) -> Session:
         backend = registry.get(options.backend)
     except BackendError as error:
         raise ValueError(f"--backend: {error}") from None
-    available = registry._availability(backend)
+    available = backend.available()
     if not available:
         raise ValueError(f"--backend {options.backend}: cannot run here: {available.reason}")
     tokenizer = load_tokenizer(options.tokenizer or TOKENIZER_PATH)
@@ -353,10 +353,12 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str], stdout: TextIO, st
         result = session.trainer.run(resume=options.resume)
     except KeyboardInterrupt:
         stdout.flush()
-        where = "" if options is None or options.train.max_steps is not None else (
-            f"; the last complete checkpoint is in {os.path.join(options.output_display, 'checkpoint.safetensors')} "
-            "(continue with --resume)"
-        )
+        where = ""
+        if options is not None and (options.output_dir / "checkpoint.safetensors").is_file():
+            where = (
+                f"; the last complete checkpoint is in {os.path.join(options.output_display, 'checkpoint.safetensors')}"
+                " (continue with --resume)"
+            )
         stderr.write(f"error: interrupted{where}\n")
         return EXIT_INTERRUPTED, None if options is None else options.output_dir
     except OSError as error:

@@ -103,7 +103,12 @@ def test_logits_fed_to_the_loss_equal_a_direct_hf_forward(name: str) -> None:
     assert inputs.student.shape == (*batch.shape, 1024)
     torch.testing.assert_close(inputs.student.detach(), direct, rtol=0, atol=1e-6)
     torch.testing.assert_close(inputs.teacher, teacher_direct, rtol=0, atol=1e-6)
-    torch.testing.assert_close(inputs.labels, next_token_labels(batch), rtol=0, atol=0)
+    # Row l is paired with token l + 1 where that token is real; nothing else counts.
+    expected = torch.full_like(batch.input_ids, IGNORE_INDEX)
+    for b in range(batch.shape[0]):
+        real = int(batch.attention_mask[b].sum())
+        expected[b, : real - 1] = batch.input_ids[b, 1:real]
+    torch.testing.assert_close(inputs.labels, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
@@ -279,3 +284,50 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
+
+
+class _TopKTorchBackend:
+    """The torch backend plus a stand-in ``topk_divergence`` (renormalized top-k forward KL, written here as a
+    test double) and its autograd gradient: it checks the pipeline's composition of CE, T^2, masks and the
+    normalizer around whatever a backend's top-k member computes, not the top-k math itself."""
+
+    def __init__(self) -> None:
+        self._torch = registry.get("torch")
+        self.name, self.device, self.dtypes = "topk-double", "cpu", self._torch.dtypes
+
+    def __getattr__(self, name: str):
+        return getattr(self._torch, name)
+
+    @staticmethod
+    def _rows(s, logprobs, ids, temperature):
+        log_q = torch.log_softmax(s / temperature, -1).gather(-1, ids)
+        log_p = torch.log_softmax(logprobs / temperature, -1)
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+    def topk_divergence(self, s, logprobs, ids, *, mode, divergence, temperature, beta=None):
+        assert mode == "tail" and divergence == "forward_kl"
+        return self._rows(s.double(), logprobs.double(), ids, temperature)
+
+    def topk_divergence_gradient(self, s, logprobs, ids, *, mode, divergence, temperature, beta=None):
+        with torch.enable_grad():
+            x = s.detach().double().requires_grad_(True)
+            (g,) = torch.autograd.grad(self._rows(x, logprobs.double(), ids, temperature).sum(), x)
+        return g
+
+
+def test_topk_teacher_loss_composes_ce_temperature_masks_and_normalizer() -> None:
+    backend = _TopKTorchBackend()
+    loss = BackendLoss(backend, temperature=2.0, alpha=0.25)
+    s = torch.randn(2, 4, 16, dtype=torch.float64, requires_grad=True)
+    logprobs, ids = topk_from_logits(torch.randn(2, 4, 16), 5)
+    y = torch.tensor([[1, 2, 3, IGNORE_INDEX], [4, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]])
+    value = loss.topk(s, logprobs.double(), ids, y, 7.0)
+    (got,) = torch.autograd.grad(value, s)
+    x = s.detach().clone().requires_grad_(True)
+    valid = (y != IGNORE_INDEX).double()
+    ce = torch.nn.functional.cross_entropy(x.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    kd = (backend._rows(x, logprobs.double(), ids, 2.0) * valid).sum()
+    expected = (0.25 * ce + 0.75 * 4.0 * kd) / 7.0
+    (want,) = torch.autograd.grad(expected, x)
+    assert float(value) == pytest.approx(float(expected), abs=1e-12)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
