@@ -1,6 +1,6 @@
 """``python -m distill.experiment``: the measured real run of the README, start to finish on a CPU.
 
-1. A teacher (``llama-teacher``, 1.8M parameters) is trained briefly with CE on the training split of the
+1. A teacher (``llama-teacher``, 0.9M parameters) is trained briefly with CE on the training split of the
    shipped corpus (CPython's pydoc topics, byte-level BPE of 1024 tokens).
 2. A student (``llama-tiny``, 0.3M parameters) is distilled from it through the KD backend.
 3. A baseline student of the same config and seed is trained with CE only, for the same steps.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -50,7 +51,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    begin = time.perf_counter()
+    begin, cpu_begin = time.perf_counter(), time.process_time()
     backend = registry.get(args.backend)
     tokenizer = load_tokenizer(TOKENIZER_PATH)
     train_docs, held_docs = split_documents(load_documents(args.data))
@@ -82,7 +83,6 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: {run['steps']} steps in {run['seconds']:.0f}s, held-out perplexity "
               f"{before['perplexity']:.2f} -> {after['perplexity']:.2f}, KL to teacher "
               f"{before['kl_to_teacher']:.4f} -> {after['kl_to_teacher']:.4f}")
-    _comparison_plot(rows, out / "comparison.png")
     results = {
         "command": args.command,
         "threads": args.threads,
@@ -92,29 +92,13 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
         "students": {k: {key: v[key] for key in ("before", "after", "seconds", "steps")} for k, v in rows.items()},
         "config": {"kd": vars(args)},
         "wall_seconds": time.perf_counter() - begin,
+        "cpu_seconds": time.process_time() - cpu_begin,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     text = json.dumps(results, indent=2, sort_keys=True) + "\n"
     atomic_write(out / "results.json", lambda tmp: tmp.write_text(text, "utf-8"))
     print(_table(results))
     return results
-
-
-def _comparison_plot(rows: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
-    for name, row in rows.items():
-        records = row["records"]
-        axis.plot([r["step"] for r in records], [r["loss"] for r in records], label=f"{name} training loss")
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss per token")
-    axis.legend()
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -132,7 +116,10 @@ def _table(results: dict[str, Any]) -> str:
         lines.append(f"| {labels[name]} | {row['steps']} | {b['perplexity']:.2f} -> {a['perplexity']:.2f} | "
                      f"{b['kl_to_teacher']:.4f} -> {a['kl_to_teacher']:.4f} |")
     lines.append("")
-    lines.append(f"total wall time {results['wall_seconds']:.0f}s ({results['threads']} torch thread(s))")
+    load = results["load_average"]
+    busy = f", machine load average {load[0]:.1f}" if load else ""
+    lines.append(f"total wall time {results['wall_seconds']:.0f}s, process CPU time {results['cpu_seconds']:.0f}s "
+                 f"({results['threads']} torch thread(s){busy})")
     return "\n".join(lines)
 
 
@@ -148,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--backend", default="torch")
     add("--seq-len", type=int, default=128)
     add("--batch-size", type=int, default=16)
-    add("--teacher-epochs", type=int, default=2)
+    add("--teacher-epochs", type=int, default=3)
     add("--student-epochs", type=int, default=2)
     add("--teacher-lr", type=float, default=3e-3)
     add("--student-lr", type=float, default=3e-3)
