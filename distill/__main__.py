@@ -1,0 +1,5 @@
+"""``python -m distill``: see :mod:`distill.cli`."""
+
+from distill.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,23 @@
+"""Teachers of the real-model pipeline: the interface (:mod:`distill.teachers.base`) and implementations."""
+
+from distill.teachers.base import (
+    DenseTeacher,
+    TeacherError,
+    TokenBatch,
+    TopKTeacher,
+    check_dense,
+    check_topk,
+    fingerprint_of,
+    topk_from_logits,
+)
+
+__all__ = [
+    "DenseTeacher",
+    "TeacherError",
+    "TokenBatch",
+    "TopKTeacher",
+    "check_dense",
+    "check_topk",
+    "fingerprint_of",
+    "topk_from_logits",
+]
