@@ -11,7 +11,8 @@ teachers are scored through (the same subset vLLM serves):
   ``token_id:N``).
 
 Like vLLM, each position's alternatives hold the top K plus the prompt's own token when it is not among them.
-``GET /v1/models``, ``GET /health``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's) complete the surface.
+``GET /v1/models``, ``GET /health``, ``POST /tokenize`` and ``POST /detokenize`` (vLLM's) complete the surface;
+``GET /stats`` counts the completions answered and the faults injected.
 
 Faults can be injected for load tests (``--faults drop=0.02,error=0.05,throttle=0.02,stall=0.01``): a
 dropped connection mid-answer, a 500, a 429, or a stall of ``--stall-seconds`` before answering.
@@ -216,47 +217,53 @@ def complete(scoring: ScoringModel, body: dict, max_logprobs: int) -> dict:
 
     choices, completion_tokens = [], 0
     for index, ids in enumerate(prompts):
-        rows = scoring.logprobs(ids)  # [n, V]
+        rows = scoring.logprobs(ids)  # [n, V]; row j is the distribution of token j+1
         generated = [int(rows[-1].argmax())] if max_tokens == 1 else []
         completion_tokens += len(generated)
         tokens = (ids if echo else []) + generated
         choice = {"index": index, "text": scoring.vocab.decode(tokens), "finish_reason": "length",
                   "logprobs": None}
+        # Row j predicts token j+1 of ids + generated: its log-prob, and the top alternatives of every row.
+        targets = torch.tensor(ids[1:] + generated, dtype=torch.long)
+        scored = rows[: len(targets)]
+        target_lp = scored.gather(1, targets[:, None])[:, 0]
+        widest = max(k or 0, k_prompt or 0)
+        top_values, top_ids = torch.topk(scored, widest, dim=-1) if widest else (scored[:, :0], targets[:, None, :0])
+        top_values, top_ids = top_values.tolist(), top_ids.tolist()
+        target_list, target_lp_list = targets.tolist(), target_lp.tolist()
+
+        def alternatives(j: int, width: int) -> dict[int, float]:
+            """Row j's top `width` alternatives, plus its target token when that is not among them (as vLLM)."""
+            entries = dict(zip(top_ids[j][:width], top_values[j][:width]))  # noqa: B023 (used within the loop)
+            entries.setdefault(target_list[j], target_lp_list[j])  # noqa: B023
+            return entries
+
         if k is not None:
-            # position p of `tokens` is predicted by row p-1 (echo) or by the last row (the generated token).
+            # Position p of `tokens` is predicted by row p-1 (echo), and the generated token by the last row.
             predicted_by = ([None, *range(len(ids) - 1)] if echo else []) + ([len(ids) - 1] if generated else [])
             token_logprobs, top_logprobs, offsets, offset = [], [], [], 0
-            for token, row_index in zip(tokens, predicted_by):
+            for token, j in zip(tokens, predicted_by):
                 offsets.append(offset)
                 offset += len(scoring.vocab.decode([token]))
-                if row_index is None:
+                if j is None:
                     token_logprobs.append(None)
                     top_logprobs.append(None)
                     continue
-                row = rows[row_index]
-                token_logprobs.append(float(row[token]))
-                top = {}
-                if k > 0:
-                    values, top_ids = torch.topk(row, k)
-                    top = {_spell(scoring.vocab, int(t), as_ids): float(v) for v, t in zip(values, top_ids)}
-                top.setdefault(_spell(scoring.vocab, token, as_ids), float(row[token]))
-                top_logprobs.append(top)
+                token_logprobs.append(target_lp_list[j])
+                top_logprobs.append({_spell(scoring.vocab, t, as_ids): v
+                                     for t, v in alternatives(j, k).items()})
             choice["logprobs"] = {"tokens": [_spell(scoring.vocab, t, as_ids) for t in tokens],
                                   "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
                                   "text_offset": offsets}
         if k_prompt is not None:
             prompt_logprobs = [None]
-            for position in range(1, len(ids)):
-                row, token = rows[position - 1], ids[position]
-                entries = {}
-                if k_prompt > 0:
-                    values, top_ids = torch.topk(row, k_prompt)
-                    entries = {int(t): float(v) for v, t in zip(values, top_ids)}
-                entries.setdefault(token, float(row[token]))
-                prompt_logprobs.append({
-                    str(t): {"logprob": v, "rank": int((row > row[t]).sum()) + 1,
-                             "decoded_token": _spell(scoring.vocab, t, as_ids)}
-                    for t, v in entries.items()})
+            for j in range(len(ids) - 1):
+                entries = alternatives(j, k_prompt)
+                values = torch.tensor(list(entries.values()))
+                ranks = ((scored[j][None, :] > values[:, None]).sum(-1) + 1).tolist()
+                prompt_logprobs.append({str(t): {"logprob": v, "rank": r, "decoded_token": _spell(scoring.vocab, t,
+                                                                                                   as_ids)}
+                                        for (t, v), r in zip(entries.items(), ranks)})
             choice["prompt_logprobs"] = prompt_logprobs
         choices.append(choice)
     prompt_tokens = sum(map(len, prompts))
@@ -287,6 +294,11 @@ def create_app(scoring: ScoringModel, *, max_logprobs: int = 20, faults: FaultPl
     @app.get("/health")
     async def health():
         return {"status": "ok"}
+
+    @app.get("/stats")
+    async def stats():
+        return {"completions": app.state.requests["completions"],
+                "faults_injected": dict(faults.injected) if faults is not None else {}}
 
     @app.get("/v1/models")
     async def models():

@@ -69,3 +69,10 @@ def topk_from_logits(logits, k: int) -> TopK:
     logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
     values, ids = torch.topk(logprobs, k, dim=-1)
     return TopK(values.numpy().astype(np.float32), ids.numpy().astype(np.int64))
+
+
+def canonical(topk: TopK) -> TopK:
+    """The same pairs in the order the API teacher returns: log-prob descending, ties by ascending id (torch's
+    ``topk`` leaves the order of ties unspecified)."""
+    order = np.lexsort((topk.ids, -topk.logprobs), axis=-1)
+    return TopK(np.take_along_axis(topk.logprobs, order, -1), np.take_along_axis(topk.ids, order, -1))
