@@ -227,3 +227,27 @@ def test_malformed_answer_from_a_server_names_the_sequence(vocab):
         APITeacher(url, vocab, k=2).score([list(b"ab")])
     with running_server(app) as url, pytest.raises(PayloadError, match="choice indices"):
         APITeacher(url, vocab, k=2, sequences_per_request=2).score([list(b"ab"), list(b"cd")])
+
+
+def test_flags_build_a_cached_api_teacher(server, model, vocab, tmp_path):
+    import argparse
+
+    from distill.teacher_cache import CachedTeacher
+    from distill.teachers.options import add_api_teacher_arguments, api_teacher_from_args
+
+    parser = argparse.ArgumentParser()
+    add_api_teacher_arguments(parser)
+    args = parser.parse_args(["--teacher-url", server, "--teacher-k", "3", "--teacher-mode", "prompt_logprobs",
+                              "--teacher-cache", str(tmp_path)])
+    teacher = api_teacher_from_args(args, vocab)
+    assert isinstance(teacher, CachedTeacher)
+    probes = teacher.upstream.stats.answered  # the tokenizer check's request
+    first = teacher.score([list(b"cache me")])
+    again = teacher.score([list(b"cache me")])
+    assert teacher.upstream.stats.answered == probes + 1 and teacher.stats.hits == 1
+    np.testing.assert_array_equal(first[0].logprobs, again[0].logprobs)
+    np.testing.assert_allclose(first[0].logprobs, in_process(model, list(b"cache me"), 3).logprobs, atol=1e-5)
+    for argv, message in ((["--teacher-url", "localhost:80"], "--teacher-url 'localhost:80': expected http://"),
+                          (["--teacher-url", server, "--teacher-k", "0"], "--teacher-k '0': expected a whole number")):
+        with pytest.raises(ValueError, match=message):
+            api_teacher_from_args(parser.parse_args(argv), vocab)
