@@ -166,7 +166,9 @@ class FaultInjector:
 
 
 def _spell(vocab: TokenVocab, token_id: int, as_ids: bool) -> str:
-    return f"{TOKEN_ID_PREFIX}{token_id}" if as_ids else vocab.id_to_token(token_id)
+    """``token_id:N`` when asked, and for padded embedding rows past the tokenizer's ids; else the token's
+    spelling in the vocabulary."""
+    return f"{TOKEN_ID_PREFIX}{token_id}" if as_ids or token_id >= vocab.vocab_size else vocab.id_to_token(token_id)
 
 
 def _int_field(body: dict, name: str, default: int | None, low: int, high: int) -> int | None:

@@ -251,3 +251,43 @@ def test_flags_build_a_cached_api_teacher(server, model, vocab, tmp_path):
                           (["--teacher-url", server, "--teacher-k", "0"], "--teacher-k '0': expected a whole number")):
         with pytest.raises(ValueError, match=message):
             api_teacher_from_args(parser.parse_args(argv), vocab)
+
+
+def test_tokenizer_json_vocabulary_end_to_end(tmp_path, model):
+    """A trained byte-level BPE tokenizer.json on both sides: spelled tokens ('Ġthe') re-encode to their ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from distill.teachers.tokens import HFVocab
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=model.config.vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(["the teacher and the student " * 20, "top-k log-probs over HTTP"], trainer)
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    vocab = HFVocab(path)
+    assert vocab.vocab_size <= model.config.vocab_size
+    with running_server(create_app(ScoringModel(model, vocab))) as url:
+        for mode in ("echo", "prompt_logprobs"):
+            teacher = APITeacher(url, vocab, k=4, mode=mode, token_ids_as_strings=False)
+            teacher.check_tokenizer()
+            sequence = vocab.encode("the student and the teacher")
+            [answer] = teacher.score([sequence])
+            np.testing.assert_allclose(answer.logprobs, in_process(model, sequence, 4).logprobs, atol=1e-5)
+    with pytest.raises(ValueError, match=r"no tokenizer\.json there"):
+        HFVocab(tmp_path / "missing")
+
+
+def test_padded_embedding_rows_past_the_tokenizer(model):
+    """A model with more rows (260) than its tokenizer has ids (256): the server names them token_id:N and the
+    client accepts them when told the model's vocab_size, and rejects them otherwise."""
+    sequence = [*b"pad", 258, 259, *b"ok"]
+    with running_server(create_app(ScoringModel(model, ByteVocab(256)))) as url:
+        teacher = APITeacher(url, ByteVocab(256), k=K, token_ids_as_strings=False, vocab_size=260)
+        [answer] = teacher.score([sequence])
+        np.testing.assert_allclose(answer.logprobs, in_process(model, sequence).logprobs, atol=1e-5)
+        message = r"position 3: token string 'token_id:258' does not re-encode to prompt id 258 \(it encodes to no"
+        with pytest.raises(PayloadError, match=message):
+            APITeacher(url, ByteVocab(256), k=K, token_ids_as_strings=False).score([sequence])

@@ -80,15 +80,16 @@ class _Spelling:
     """Maps the strings a server names tokens by to ids: ``token_id:N``, the vocabulary's own spelling, or the
     token's decoded text (when that text belongs to exactly one id)."""
 
-    def __init__(self, vocab: TokenVocab) -> None:
+    def __init__(self, vocab: TokenVocab, vocab_size: int | None = None) -> None:
         self.vocab = vocab
+        self.vocab_size = vocab.vocab_size if vocab_size is None else vocab_size
         self._decoded: dict[str, int | None] | None = None
 
     def to_id(self, text: str) -> int | None:
         if text.startswith(TOKEN_ID_PREFIX):
             digits = text[len(TOKEN_ID_PREFIX):]
             value = int(digits) if digits.isdigit() else None
-            return value if value is not None and value < self.vocab.vocab_size else None
+            return value if value is not None and value < self.vocab_size else None
         token_id = self.vocab.token_to_id(text)
         if token_id is not None:
             return token_id
@@ -101,8 +102,18 @@ class _Spelling:
         return self._decoded.get(text)
 
     def spells(self, text: object, token_id: int) -> bool:
-        return isinstance(text, str) and (text == f"{TOKEN_ID_PREFIX}{token_id}" or self.to_id(text) == token_id
-                                          or text == self.vocab.decode([token_id]))
+        if not isinstance(text, str):
+            return False
+        if self.to_id(text) == token_id:
+            return True
+        return not text.startswith(TOKEN_ID_PREFIX) and token_id < self.vocab.vocab_size \
+            and text == self.vocab.decode([token_id])
+
+    def unknown(self, text: str) -> str:
+        """Why ``text`` names no token id, as the end of a sentence."""
+        if text.startswith(TOKEN_ID_PREFIX):
+            return f"is not a token id in [0, {self.vocab_size})"
+        return "does not re-encode to a token id (ask the server for return_tokens_as_token_ids)"
 
 
 def _logprob(value: object, where: str) -> float:
@@ -165,8 +176,7 @@ def parse_echo(choice: object, ids: Sequence[int], k: int, spelling: _Spelling, 
         for text, value in entries.items():
             token_id = spelling.to_id(text)
             if token_id is None:
-                raise PayloadError(f"{at}: alternative {_short(text)} does not re-encode to a token id "
-                                   "(ask the server for return_tokens_as_token_ids)")
+                raise PayloadError(f"{at}: alternative {_short(text)} {spelling.unknown(text)}")
             if token_id in pairs:
                 raise PayloadError(f"{at}: token id {token_id} appears twice among the alternatives")
             pairs[token_id] = _logprob(value, f"{at}, alternative {_short(text)}")
@@ -187,7 +197,7 @@ def parse_prompt_logprobs(choice: object, ids: Sequence[int], k: int, spelling: 
     _first_position(rows[0], where)
     values = np.empty((n - 1, k), np.float32)
     token_ids = np.empty((n - 1, k), np.int64)
-    vocab_size = spelling.vocab.vocab_size
+    vocab_size = spelling.vocab_size
     for p in range(1, n):
         at = f"{where}, position {p}"
         entries = rows[p]
@@ -215,13 +225,16 @@ class APITeacher:
     """Scores token sequences through an OpenAI-compatible server; answers follow :mod:`distill.teachers.topk`.
 
     ``score(sequences)`` returns one ``[n_b - 1, K]`` :class:`TopK` per sequence; ``score_batch(input_ids,
-    attention_mask)`` returns ``[B, T, K]`` (see :func:`~distill.teachers.topk.pad_rows`).
+    attention_mask)`` returns ``[B, T, K]`` (see :func:`~distill.teachers.topk.pad_rows`). ``vocab_size`` (default:
+    the tokenizer's) bounds the ids accepted: pass the model's when its embedding has padded rows past the
+    tokenizer's ids (servers name those ``token_id:N``).
     """
 
     def __init__(self, base_url: str, vocab: TokenVocab, *, k: int, model: str = "teacher", mode: str = "echo",
                  max_tokens: int = 0, token_ids_as_strings: bool = True, sequences_per_request: int = 1,
                  concurrency: int = 8, timeout: float = 60.0, connect_timeout: float = 5.0,
-                 retry: RetryPolicy | None = None, api_key: str | None = None, seed: int = 0) -> None:
+                 retry: RetryPolicy | None = None, api_key: str | None = None, seed: int = 0,
+                 vocab_size: int | None = None) -> None:
         if mode not in ("echo", "prompt_logprobs"):
             raise ValueError(f"mode {mode!r}: use 'echo' or 'prompt_logprobs'")
         if max_tokens not in (0, 1):
@@ -236,7 +249,7 @@ class APITeacher:
         self.retry = retry or RetryPolicy()
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.stats = APIStats()
-        self._spelling = _Spelling(vocab)
+        self._spelling = _Spelling(vocab, vocab_size)
         self._rng = random.Random(seed)
 
     @property
