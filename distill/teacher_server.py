@@ -42,21 +42,27 @@ class ServerError(ValueError):
 def load_model(spec: str, seed: int = 0):
     """A Hugging Face causal LM from a local folder (safetensors) or built from a config JSON with seeded
     initialization. Nothing is downloaded."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     path = Path(spec)
+    config_dict = None
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"--model {spec}: the folder has no config.json; pass a model folder or a config JSON")
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     elif path.is_file():
         try:
             config_dict = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--model {spec}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--model {spec}: not a JSON config ({str(exc).splitlines()[0]})") from None
         if not isinstance(config_dict, dict) or "model_type" not in config_dict:
             raise ValueError(f"--model {spec}: a config JSON needs a 'model_type' (e.g. \"llama\")")
+    else:
+        raise ValueError(f"--model {spec}: no such folder or file")
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if config_dict is None:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    else:
         config_dict = dict(config_dict)
         model_type = config_dict.pop("model_type")
         try:
@@ -65,8 +71,6 @@ def load_model(spec: str, seed: int = 0):
             raise ValueError(f"--model {spec}: {str(exc).splitlines()[0]}") from None
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
-    else:
-        raise ValueError(f"--model {spec}: no such folder or file")
     return model.float().eval()
 
 
