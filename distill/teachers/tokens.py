@@ -7,7 +7,6 @@ strings and back, so that the client can check that every string re-encodes to t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol
 
@@ -100,11 +99,3 @@ def load_vocab(spec: str, vocab_size: int = 256) -> TokenVocab:
         return ByteVocab(vocab_size)
     return HFVocab(spec)
 
-
-def vocab_fingerprint(vocab: TokenVocab, probe: int = 4096) -> str:
-    """A short stable name of a vocabulary: its size and the spellings of its first ``probe`` ids."""
-    import hashlib
-
-    n = min(vocab.vocab_size, probe)
-    spellings = json.dumps([vocab.vocab_size, [vocab.id_to_token(i) for i in range(n)]])
-    return hashlib.sha256(spellings.encode()).hexdigest()[:16]
