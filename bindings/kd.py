@@ -7,6 +7,9 @@ Names a check may use:
 * ``ref``: the float64 reference (:mod:`reference.kd`), with ``ref.kd_step``;
 * ``pipeline``: the distillation pipeline driven and observed as plain data (:mod:`bindings.kd_pipeline`:
   ``pipeline.run_distill``, ``pipeline.parse_smoke``, ``pipeline.callback_events``, ``pipeline.train``, ...);
+* ``distributed``: multi-process runs of :mod:`distill.distributed` beside the one-process oracle
+  (:mod:`bindings.kd_distributed`: ``distributed.data_parallel``, ``distributed.pipeline``,
+  ``distributed.kill_rank``);
 * the helpers of :mod:`bindings.kd_values` (``close``, ``finite``, ``nondecreasing``, ...), and
   ``kd_loss_numeric_gradient``; a few safe builtins (``abs``, ``all``, ``any``, ``len``, ``max``, ...);
 * strategies: ``kd_batch`` (a :class:`~bindings.kd_strategies.KDBatch` record), ``reduction``, ``choice``,
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bindings import kd_pipeline, kd_strategies, kd_values
+from bindings import kd_distributed, kd_pipeline, kd_strategies, kd_values
 from bindings.kd_strategies import KD_BATCH_FIELDS, STEP_CASE_FIELDS, KDBatch
 from bindings.kd_subject import KD_OPS, KDBackends, Reference
 from reference import providers
@@ -112,12 +115,18 @@ BINDING = Binding(
         "inf": float("inf"),
         "nan": float("nan"),
     },
-    namespaces={"ref": Reference("float64"), "providers": providers, "pipeline": kd_pipeline},
+    namespaces={
+        "ref": Reference("float64"),
+        "providers": providers,
+        "pipeline": kd_pipeline,
+        "distributed": kd_distributed,
+    },
     namespace_attributes={
         "kd": KD_OPS,
         "ref": (*KD_OPS, "kd_step"),
         "providers": ("FixtureTeacher", "FixtureStudent"),
         "pipeline": kd_pipeline.ATTRIBUTES,
+        "distributed": kd_distributed.ATTRIBUTES,
     },
     strategies={
         "kd_batch": Strategy(kd_strategies.kd_batch, KD_BATCH_FIELDS, "random KD inputs (a KDBatch record)"),

@@ -61,7 +61,8 @@ class RunResult:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _models(config: RunConfig, *, teacher: bool = True) -> tuple[TinyLM, TinyLM | None]:
+def build_models(config: RunConfig, *, teacher: bool = True) -> tuple[TinyLM, TinyLM | None]:
+    """The student (trainable) and the teacher (eval mode, frozen; ``None`` unless ``teacher``) of ``config``."""
     student = build_model(config.student, config.seed, config.torch_dtype)
     if not teacher:
         return student, None
@@ -119,6 +120,7 @@ def _failures(rank: int, world_size: int, step: int, doing: str) -> Iterator[Non
         if isinstance(error, RankFailure) or not _is_communication_error(error):
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = first_line.split(" This is typically caused by")[0]  # gloo's advice, not the fact
         raise RankFailure(
             f"rank {rank} of {world_size} stopped in step {step} ({doing}): a collective failed, so another "
             f"rank has most likely died or timed out; look for the first error in the other ranks' output "
@@ -156,7 +158,7 @@ def _gather(group: Any, payload: Any) -> list[Any] | None:
 def train_single(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
     """Train on the whole batch in this process, without torch.distributed: the oracle."""
     config.check(1)
-    student, teacher = _models(config)
+    student, teacher = build_models(config)
     assert teacher is not None
     optimizer = _optimizer(config, student.parameters())
     logs = []
@@ -197,7 +199,7 @@ def train_data_parallel(config: RunConfig, group: Any = None, on_step: StepCallb
     elsewhere); ``on_step`` is called on rank 0 after every step."""
     rank, world_size = _world(group)
     config.check(world_size)
-    student, teacher = _models(config)
+    student, teacher = build_models(config)
     assert teacher is not None
     ddp = DistributedDataParallel(student, process_group=group)
     ddp.register_comm_hook(group, _sum_gradients)
@@ -283,7 +285,7 @@ def train_pipeline(config: RunConfig, group: Any = None, on_step: StepCallback |
     rank, world_size = _world(group)
     config.check(world_size)
     first, last = rank == 0, rank == world_size - 1
-    full, teacher = _models(config, teacher=last)
+    full, teacher = build_models(config, teacher=last)
     stage = stage_module(full, rank, world_size)
     schedule_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[config.schedule]
     # Static shapes: the stage is told its microbatch's input and output at construction, so the schedule
