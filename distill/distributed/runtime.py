@@ -44,6 +44,9 @@ def distributed(timeout_s: float) -> Iterator[int]:
             f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})"
         ) from error
     yield dist.get_rank()
+    # Leave together: a rank that tears its group down while a peer still has transfers in flight to it can
+    # abort that peer (gloo's threads are killed with work pending).
+    dist.barrier()
     dist.destroy_process_group()
 
 
