@@ -32,6 +32,17 @@ __all__ = ["ATTRIBUTES", "data_parallel", "first_step_losses", "kill_rank", "pip
 _SPAWN_TIMEOUT_S = 240.0
 _STEPS = 3
 
+MUTANTS: tuple[str, ...] = ()
+"""``module:function`` names every spawned rank calls before training (see ``distill.distributed.worker
+--patch``). Empty in the contract's runs; the tests set it to plant a known bug and watch a falsifier fail
+(clear the caches with :func:`clear_caches` when changing it)."""
+
+
+def clear_caches() -> None:
+    """Forget every memoized run (after changing :data:`MUTANTS`)."""
+    for cached in (_single, _data_parallel, _pipeline, _kill_rank):
+        cached.cache_clear()
+
 
 def _config(**values: Any) -> Any:
     from distill.distributed.config import RunConfig
@@ -72,7 +83,9 @@ def _report(configs: list[Any], results: list[dict], labels: list[str]) -> dict[
 
 
 @functools.cache
-def _data_parallel(world_size: int, accumulations: tuple[int, ...], batch_size: int, optimizer: str) -> dict:
+def _data_parallel(
+    world_size: int, accumulations: tuple[int, ...], batch_size: int, optimizer: str, mutants: tuple[str, ...]
+) -> dict:
     from distill.distributed.worker import run_plan
 
     configs = [
@@ -81,7 +94,7 @@ def _data_parallel(world_size: int, accumulations: tuple[int, ...], batch_size: 
         )
         for a in accumulations
     ]
-    results = run_plan(configs, world_size, timeout=_SPAWN_TIMEOUT_S)
+    results = run_plan(configs, world_size, timeout=_SPAWN_TIMEOUT_S, patches=mutants)
     return _report(
         configs, results, [f"{world_size} ranks x {a} microbatches of batch {batch_size}" for a in accumulations]
     )
@@ -102,18 +115,20 @@ def data_parallel(
     flattened by sorted name), ``param_names`` / ``single_param_names``, ``logs`` / ``single_logs``
     (``[runs, steps, 3]``: loss, ce, kd per valid token), ``tokens`` / ``single_tokens`` (``[runs][steps]``),
     ``alpha`` (per run), ``world_size``. A failed rank raises with every rank's last words."""
-    return _data_parallel(int(world_size), tuple(int(a) for a in accumulations), int(batch_size), str(optimizer))
+    return _data_parallel(
+        int(world_size), tuple(int(a) for a in accumulations), int(batch_size), str(optimizer), MUTANTS
+    )
 
 
 @functools.cache
-def _pipeline(stages: int, splits: tuple[tuple[int, str], ...], batch_size: int) -> dict:
+def _pipeline(stages: int, splits: tuple[tuple[int, str], ...], batch_size: int, mutants: tuple[str, ...]) -> dict:
     from distill.distributed.worker import run_plan
 
     configs = [
         _config(parallel="pipeline", microbatch_size=m, schedule=schedule, batch_size=batch_size)
         for m, schedule in splits
     ]
-    results = run_plan(configs, stages, timeout=_SPAWN_TIMEOUT_S)
+    results = run_plan(configs, stages, timeout=_SPAWN_TIMEOUT_S, patches=mutants)
     labels = [f"{stages} stages, {schedule}, microbatches of {m} in {batch_size}" for m, schedule in splits]
     report = _report(configs, results, labels)
     report["expected_rows"] = [
@@ -132,7 +147,7 @@ def pipeline(stages: int, splits: Sequence[Sequence[Any]], batch_size: int = 8) 
     the order the loss saw them: the batch rows whose teacher logits that loss used) and ``expected_rows``
     (the same, for microbatch ``i`` holding rows ``i*m .. i*m + m - 1``)."""
     pairs = tuple((int(m), str(schedule)) for m, schedule in splits)
-    return _pipeline(int(stages), pairs, int(batch_size))
+    return _pipeline(int(stages), pairs, int(batch_size), MUTANTS)
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -84,6 +85,17 @@ def config_from(args: argparse.Namespace) -> RunConfig:
     )
 
 
+_FLAGS = re.compile(
+    r"\b(steps|batch_size|accumulation|microbatch_size|schedule|temperature|alpha|optimizer|learning_rate|"
+    r"max_grad_norm|dtype|parallel)\b"
+)
+
+
+def _in_flags(error: ConfigError) -> ConfigError:
+    """The configuration's message with its setting names written as this command's flags."""
+    return ConfigError(_FLAGS.sub(lambda m: "--" + m.group(1).replace("_", "-"), str(error)))
+
+
 def _print_step(total: int):  # type: ignore[no-untyped-def]
     def show(log: StepLog) -> None:
         print(
@@ -109,7 +121,10 @@ def _write(output_dir: Path, params: dict, logs: list[StepLog]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with report_failure(PROG):
-        config = config_from(args).check(int(os.environ.get("WORLD_SIZE", "1")))
+        try:
+            config = config_from(args).check(int(os.environ.get("WORLD_SIZE", "1")))
+        except ConfigError as error:
+            raise _in_flags(error) from None
         from distill.distributed.train import train
 
         with distributed(args.timeout) as rank:
