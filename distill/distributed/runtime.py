@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from distill.distributed.config import ConfigError
 from distill.distributed.launch import free_port
-from distill.distributed.train import RankFailure
+from distill.distributed.train import RankFailure, collective_failures
 
 EXIT_RANK_FAILED = 1
 EXIT_BAD_SETTING = 2
@@ -43,10 +43,12 @@ def distributed(timeout_s: float) -> Iterator[int]:
             f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} within {timeout_s:g} s "
             f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})"
         ) from error
-    yield dist.get_rank()
+    rank = dist.get_rank()
+    yield rank
     # Leave together: a rank that tears its group down while a peer still has transfers in flight to it can
     # abort that peer (gloo's threads are killed with work pending).
-    dist.barrier()
+    with collective_failures(rank, dist.get_world_size(), "the end", "the final barrier"):
+        dist.barrier()
     dist.destroy_process_group()
 
 

@@ -112,7 +112,7 @@ def _params(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _failures(rank: int, world_size: int, step: int, doing: str) -> Iterator[None]:
+def collective_failures(rank: int, world_size: int, where: str, doing: str) -> Iterator[None]:
     """Turn a failed collective or transfer into :class:`RankFailure` with a sentence."""
     try:
         yield
@@ -122,7 +122,7 @@ def _failures(rank: int, world_size: int, step: int, doing: str) -> Iterator[Non
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         first_line = first_line.split(" This is typically caused by")[0]  # gloo's advice, not the fact
         raise RankFailure(
-            f"rank {rank} of {world_size} stopped in step {step} ({doing}): a collective failed, so another "
+            f"rank {rank} of {world_size} stopped in {where} ({doing}): a collective failed, so another "
             f"rank has most likely died or timed out; look for the first error in the other ranks' output "
             f"({type(error).__name__}: {first_line})"
         ) from error
@@ -201,38 +201,39 @@ def train_data_parallel(config: RunConfig, group: Any = None, on_step: StepCallb
     config.check(world_size)
     student, teacher = build_models(config)
     assert teacher is not None
-    ddp = DistributedDataParallel(student, process_group=group)
+    with collective_failures(rank, world_size, "setup", "DDP's broadcast of the initial parameters"):
+        ddp = DistributedDataParallel(student, process_group=group)
     ddp.register_comm_hook(group, _sum_gradients)
     optimizer = _optimizer(config, ddp.parameters())
     logs = []
     for step in range(1, config.steps + 1):
         microbatches = rank_microbatches(_batch(config, step - 1), rank, world_size, config.accumulation)
         count = torch.tensor(sum(mb.valid_tokens() for mb in microbatches), dtype=torch.int64)
-        with _failures(rank, world_size, step, "all-reduce of the valid-token count"):
+        with collective_failures(rank, world_size, f"step {step}", "all-reduce of the valid-token count"):
             dist.all_reduce(count, group=group)
         totals = torch.zeros(4, dtype=torch.float64)
-        for index, mb in enumerate(microbatches):
-            last = index == len(microbatches) - 1
-            with contextlib.nullcontext() if last else ddp.no_sync():
-                sums = token_sums(
-                    ddp(mb.ids),
-                    _teacher_logits(teacher, mb.ids),
-                    mb.labels,
-                    temperature=config.temperature,
-                    alpha=config.alpha,
-                )
-                with _failures(rank, world_size, step, "backward with the gradient all-reduce"):
+        with collective_failures(rank, world_size, f"step {step}", "forward and backward with the gradient all-reduce"):
+            for index, mb in enumerate(microbatches):
+                last = index == len(microbatches) - 1
+                with contextlib.nullcontext() if last else ddp.no_sync():
+                    sums = token_sums(
+                        ddp(mb.ids),
+                        _teacher_logits(teacher, mb.ids),
+                        mb.labels,
+                        temperature=config.temperature,
+                        alpha=config.alpha,
+                    )
                     normalized(sums.loss, int(count)).backward()
-            totals += sums.as_tensor()
+                totals += sums.as_tensor()
         clip_gradients(ddp.parameters(), config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        with _failures(rank, world_size, step, "all-reduce of the logged sums"):
+        with collective_failures(rank, world_size, f"step {step}", "all-reduce of the logged sums"):
             dist.all_reduce(totals, group=group)
         logs.append(StepLog.from_sums(step, totals))
         if on_step is not None and rank == 0:
             on_step(logs[-1])
-    with _failures(rank, world_size, config.steps, "gathering the results"):
+    with collective_failures(rank, world_size, "the end", "gathering the results"):
         _gather(group, None)
     return RunResult(config, world_size, logs, _params(student)) if rank == 0 else None
 
@@ -317,9 +318,9 @@ def train_pipeline(config: RunConfig, group: Any = None, on_step: StepCallback |
             assert teacher is not None
             delivery = TeacherDelivery(_teacher_logits(teacher, batch.ids), batch.valid_tokens(), config)
             options = {"target": TeacherDelivery.target(batch), "loss_kwargs": {"delivery": delivery}}
-        with _failures(rank, world_size, step, "the pipeline schedule's forward and backward"):
+        with collective_failures(rank, world_size, f"step {step}", "the pipeline schedule's forward and backward"):
             schedule.step(*args, **options)
-        with _failures(rank, world_size, step, "all-reduce of the gradient norm"):
+        with collective_failures(rank, world_size, f"step {step}", "all-reduce of the gradient norm"):
             clip_gradients(stage.parameters(), config.max_grad_norm, group=group if world_size > 1 else None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -328,7 +329,7 @@ def train_pipeline(config: RunConfig, group: Any = None, on_step: StepCallback |
             teacher_rows.append(delivery.rows_seen)
             if on_step is not None:
                 on_step(logs[-1])
-    with _failures(rank, world_size, config.steps, "gathering the results"):
+    with collective_failures(rank, world_size, "the end", "gathering the results"):
         gathered = _gather(group, (_params(stage), logs, teacher_rows))
     if gathered is None:
         return None
