@@ -7,6 +7,9 @@ Names a check may use:
 * ``ref``: the float64 reference (:mod:`reference.kd`), with ``ref.kd_step``;
 * ``pipeline``: the distillation pipeline driven and observed as plain data (:mod:`bindings.kd_pipeline`:
   ``pipeline.run_distill``, ``pipeline.parse_smoke``, ``pipeline.callback_events``, ``pipeline.step_update``, ...);
+* ``distributed``: multi-process runs of :mod:`distill.distributed` beside the one-process oracle
+  (:mod:`bindings.kd_distributed`: ``distributed.data_parallel``, ``distributed.pipeline``,
+  ``distributed.kill_rank``);
 * the helpers of :mod:`bindings.kd_values` (``close``, ``finite``, ``nondecreasing``, ...), and
   ``kd_loss_numeric_gradient``; a few safe builtins (``abs``, ``all``, ``any``, ``len``, ``max``, ...);
 * ``block_softmax_sums(kd, tol)``, ``block_last_row(kd, op, tol)``: laws on fixed batches whose shapes cross
@@ -23,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bindings import kd_family, kd_fused, kd_pipeline, kd_strategies, kd_values
+from bindings import kd_distributed, kd_family, kd_fused, kd_pipeline, kd_strategies, kd_values
 from bindings.kd_strategies import KD_BATCH_FIELDS, STEP_CASE_FIELDS, KDBatch
 from bindings.kd_subject import KD_OPS, Reference, not_the_reference, round_to
 from reference import providers
@@ -190,12 +193,18 @@ BINDING = Binding(
         "nan": float("nan"),
         **kd_family.NAMES,
     },
-    namespaces={"ref": Reference("float64"), "providers": providers, "pipeline": kd_pipeline},
+    namespaces={
+        "ref": Reference("float64"),
+        "providers": providers,
+        "pipeline": kd_pipeline,
+        "distributed": kd_distributed,
+    },
     namespace_attributes={
         "kd": (*KD_OPS, "kd_loss_from_hidden"),
         "ref": (*KD_OPS, "kd_step"),
         "providers": ("FixtureTeacher", "FixtureStudent"),
         "pipeline": kd_pipeline.ATTRIBUTES,
+        "distributed": kd_distributed.ATTRIBUTES,
     },
     strategies={
         "kd_batch": Strategy(kd_strategies.kd_batch, KD_BATCH_FIELDS, "random KD inputs (a KDBatch record)"),
