@@ -28,7 +28,7 @@ from tests.ports import PORTS, VALUE_BUGS
 from tests.ports.good_port import GoodPort
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTINS = ["numpy", "torch", "torch-cuda", "cupy"]
+BUILTINS = ["numpy", "torch", "torch-cuda", "cupy", "triton"]
 
 
 # Objects loaded by the tests below as ``tests.test_backends:<NAME>``.
@@ -141,7 +141,7 @@ def test_builtins_satisfy_the_protocol(name):
 
 
 def test_known_lists_the_builtins_first():
-    assert backends.known()[:4] == BUILTINS
+    assert backends.known()[:5] == BUILTINS
 
 
 def test_known_import_and_get_do_not_import_torch_or_cupy():
@@ -150,8 +150,8 @@ def test_known_import_and_get_do_not_import_torch_or_cupy():
         import sys
         import backends
         names = backends.known()
-        objects = [backends.get(name) for name in names[:4]]
-        print(names[:4], 'torch' in sys.modules, 'cupy' in sys.modules)
+        objects = [backends.get(name) for name in names[:5]]
+        print(names[:5], 'torch' in sys.modules, 'cupy' in sys.modules)
         """
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
