@@ -176,6 +176,7 @@ class FalsifierPlugin:
             return
         metafunc.parametrize("subject", self.params(marker.args[0]))
 
+    @pytest.hookimpl(trylast=True)  # after -k and -m, so that what it counts is what they kept
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         wrapped = {
             m.args[0].id for item in items if (m := item.get_closest_marker("falsifier")) and m.args[0].test
