@@ -240,7 +240,8 @@ def select(spec: str) -> Selection:
                     selection.left_out.append((name, str(error)))
                     continue
                 except BackendError as error:
-                    broken.append(str(error))
+                    said = str(error)
+                    broken.append(said if f"backend {name!r}" in said else f"backend {name!r}: {said}")
                     continue
                 if available:
                     selection._add(backend)

@@ -266,8 +266,8 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_args(args: argparse.Namespace) -> list[str]:
-    """The pytest arguments ``spec check`` passes on."""
+def _check_args(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The pytest arguments ``spec check`` passes on, and a description of the search (profile, seed)."""
     import random
 
     from spec import profiles
@@ -292,7 +292,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         extra.append("--skip-once")
     if args.failures_dir:
         extra += ["--failures-dir", args.failures_dir]
-    return extra
+    search = f"profile {profile}, " + (f"seed {seed}" if seed is not None else "derandomized")
+    return extra, search
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -308,8 +309,8 @@ def _check(args: argparse.Namespace) -> int:
     if result.errors:
         print("Conformance: FAIL (the contracts or the generated suite are not valid; nothing was run)")
         return 1
-    extra = _check_args(args)
-    print(f"== run the falsifiers in {suite} (--backend {args.backend})")
+    extra, search = _check_args(args)
+    print(f"== run the falsifiers in {suite} (--backend {args.backend}; {search})")
     facts = {
         "command": " ".join(["python -m spec check", *sys.argv[2:]]) if sys.argv[1:2] == ["check"] else None,
         "contracts": {c.name: {"version": c.version, "sha256": c.doc.sha256} for c in result.contracts},

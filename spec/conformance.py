@@ -20,10 +20,7 @@ import pytest
 
 from spec import measure
 from spec.files import write_text_atomic
-
-ONCE = "(once)"
-NOT_RUN = "not run:"
-NOT_IMPLEMENTED = "not implemented:"
+from spec.pytest_plugin import NOT_IMPLEMENTED, NOT_RUN, ONCE, backend_identity
 
 
 @dataclass
@@ -219,8 +216,6 @@ class _Collector:
         }
         plugin = session.config.pluginmanager.get_plugin("spec-falsifiers")
         if plugin is not None:
-            from spec.pytest_plugin import backend_identity
-
             self.result.backends = [t.label for t in plugin.targets]
             self.result.left_out = list(plugin.left_out)
             self.result.run["backend_identity"] = {t.label: backend_identity(t.backend) for t in plugin.targets}

@@ -52,8 +52,8 @@ def problems(root: Path, ref: str, falsifier_id: str) -> list[str]:
         return [f"test '{ref}' is not of the form path/to/test_file.py::test_name (relative to the project root)"]
     file = root / path
     if not file.is_file():
-        if not (root / "pyproject.toml").is_file() and not (root / path).parent.exists():
-            return []  # an installed copy (no source tree): the generated test reports it as not run
+        if installed_copy(root):
+            return []  # the project's own tests are not installed: the generated test reports "not run"
         return [f"test '{ref}': there is no file {path} under {root}"]
     try:
         tree = ast.parse(file.read_text("utf-8"), filename=str(file))
@@ -81,6 +81,11 @@ def problems(root: Path, ref: str, falsifier_id: str) -> list[str]:
             f'@pytest.mark.{MARKER}("{falsifier_id}")'
         ]
     return []
+
+
+def installed_copy(root: Path) -> bool:
+    """Whether ``root`` is where pip installed the project (spec beside the contracts, no source tree)."""
+    return (root / "spec" / "__init__.py").is_file() and not (root / "pyproject.toml").is_file()
 
 
 def load_test(root: Path, ref: str) -> tuple[Callable[..., Any] | None, str]:

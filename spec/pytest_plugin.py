@@ -178,6 +178,7 @@ class FalsifierPlugin:
             return
         metafunc.parametrize("subject", self.params(marker.args[0]))
 
+    @pytest.hookimpl(trylast=True)  # after -k and -m, so that what it counts is what they kept
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         wrapped = {
             m.args[0].id for item in items if (m := item.get_closest_marker("falsifier")) and m.args[0].test
@@ -215,17 +216,16 @@ class FalsifierPlugin:
     # -- reports -----------------------------------------------------------------------------------------
 
     def _backend_token(self, target: Target) -> str:
-        """A ``--backend`` value that selects ``target`` alone."""
-        for token in (t.strip() for t in self.spec.split(",")):
-            if token in ("all", "cuda") or not token:
-                continue
+        """A ``--backend`` value that selects ``target`` (alone where one does; else the spec of this run)."""
+        tokens = [t.strip() for t in self.spec.split(",") if t.strip() not in ("all", "cuda", "")]
+        for token in [*tokens, target.label]:
             try:
                 targets, _ = self.binding.backends.select(token)
             except LookupError:
                 continue
             if any(t.label == target.label for t in targets):
                 return token
-        return target.label
+        return self.spec
 
     def _save(self, item: pytest.Item, finding: Finding) -> tuple[str | None, str]:
         subject = finding.subject

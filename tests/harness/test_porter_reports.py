@@ -340,13 +340,62 @@ def test_check_runs_from_a_ports_own_folder_with_the_project_installed(portrepo:
     assert (site / "contracts" / "kd-loss-v1.yaml").is_file() and (site / "falsifiers" / "conftest.py").is_file()
     env = {k: v for k, v in _env().items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(site)  # the installed project only: not this checkout
-    result = spec_in(portrepo, "check", "--backend", "myport.f32:BACKEND", "-k", "F-KD-STEP-001",
-                     "--max-examples", "3", env=env)
+    result = spec_in(portrepo, "check", "--backend", "myport.f32:BACKEND", "-k",
+                     "F-KD-STEP-001 or F-DISTILL-PIPELINE-001", "--once", "--max-examples", "3", env=env)
     assert result.returncode == 0, str(result)
     assert f"== validate {site / 'contracts'}" in result.stdout
     assert f"== run the falsifiers in {site / 'falsifiers'}" in result.stdout
     assert re.search(r"^kd-step-v1\s+1/1 passed", result.stdout, re.MULTILINE), str(result)
+    # a falsifier whose check is one of the project's own tests says it did not run, and why
+    assert "1 x not run: tests/test_pipeline.py is not in this installation" in result.stdout, str(result)
     missing = spec_in(portrepo, "check", "--backend", "notmyport.mod:BACKEND", env=env)
     assert missing.returncode == 2, str(missing)
     assert "install your port (`pip install -e .`), or add its folder to PYTHONPATH" in missing.output
 
+
+
+class _HalfAPort:
+    """Registered, importable, but not a backend: it lacks most protocol members."""
+
+    name = "half"
+
+
+class _RaisingProbe:
+    """A numpy backend whose availability probe raises."""
+
+    def __new__(cls):  # the factory form: the registry calls the class
+        from backends.numpy_backend import NumpyBackend
+
+        class Probe(NumpyBackend):
+            name = "raising-probe"
+
+            def available(self):
+                raise RuntimeError("probe exploded")
+
+        return Probe()
+
+
+HALF = _HalfAPort()
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("tests.harness.test_porter_reports:HALF", "does not satisfy the backend protocol"),
+        ("tests.harness.test_porter_reports:_RaisingProbe", "available() raised RuntimeError: probe exploded"),
+    ],
+)
+def test_all_fails_on_a_registered_backend_that_is_not_usable(monkeypatch: pytest.MonkeyPatch, target: str,
+                                                               said: str) -> None:
+    from backends import registry
+
+    registered = {**registry._registered(), "plugged": target}
+    monkeypatch.setattr(registry, "_registered", lambda: registered)
+    registry.clear_cache()
+    try:
+        with pytest.raises(registry.BackendError) as error:
+            registry.select("all")
+    finally:
+        registry.clear_cache()
+    assert "1 registered backend(s) are broken" in str(error.value) and said in str(error.value)
+    assert "backend 'plugged'" in str(error.value)
