@@ -10,7 +10,9 @@ Names a check may use:
 * the helpers of :mod:`bindings.kd_values` (``close``, ``finite``, ``nondecreasing``, ...), and
   ``kd_loss_numeric_gradient``; a few safe builtins (``abs``, ``all``, ``any``, ``len``, ``max``, ...);
 * strategies: ``kd_batch`` (a :class:`~bindings.kd_strategies.KDBatch` record), ``reduction``, ``choice``,
-  ``number``.
+  ``number``;
+* the divergence family's vocabulary and strategies (``div``, ``topk``, ``accumulated``, ``divergence``,
+  ``topk_batch``, ``split``, ...) from :mod:`bindings.kd_family`, whose catalog also answers ``requires``.
 """
 
 from __future__ import annotations
