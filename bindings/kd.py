@@ -17,7 +17,9 @@ Names a check may use:
 * ``not_the_reference(kd)``: true, or a skip reported as a self-comparison when the backend is the reference
   itself (the first ``let`` of a parity check);
 * strategies: ``kd_batch`` (a :class:`~bindings.kd_strategies.KDBatch` record), ``reduction``, ``choice``,
-  ``number``.
+  ``number``;
+* the divergence family's vocabulary and strategies (``div``, ``topk``, ``accumulated``, ``divergence``,
+  ``topk_batch``, ``split``, ...) from :mod:`bindings.kd_family`, whose catalog also answers ``requires``.
 """
 
 from __future__ import annotations
