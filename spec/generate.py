@@ -91,6 +91,8 @@ def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
     check = f.check
     assert check is not None
     const = re.sub(r"[^0-9a-zA-Z]+", "_", f.id)
+    if not const[:1].isalpha():  # an identifier even for an ID the schema would refuse
+        const = "F_" + const
     default = CheckSpec(expect="")
     fields = [
         ("contract", "CONTRACT"),
@@ -125,7 +127,7 @@ def _falsifier_block(contract: Contract, f: FalsifierSpec) -> str:
         f"{const} = Falsifier(\n{args})\n\n\n"
         f"@{const}.mark\n"
         f"def {test_function_name(f.id)}({param}) -> None:\n"
-        f'    """{f.id}: {_docstring(f.rule)}\n\n'
+        f'    """{_docstring(f.id)}: {_docstring(f.rule)}\n\n'
         f"    Prediction: {_docstring(f.prediction)}\n"
         f"    If it fails: {_docstring(f.if_fails)}\n"
         f'    """\n'
@@ -143,7 +145,8 @@ def render(contract: Contract, out_dir: Path) -> str:
         f"{HEADER}\n"
         f"# source: {escape(_source_path(contract, out_dir))}\n"
         f"# sha256: {escape(contract.doc.sha256)}\n"
-        f'"""Falsifiers of {contract.name} (version {contract.version}): {description}"""\n\n'
+        f'"""Falsifiers of {_docstring(contract.name)} (version {_docstring(str(contract.version))}): '
+        f'{description}"""\n\n'
         f"{imports}\n\n"
         f"CONTRACT = {quote(contract.name)}\n"
         f"BINDING = {quote(str(contract.binding))}\n\n\n"
