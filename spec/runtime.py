@@ -13,7 +13,7 @@ import hypothesis
 from hypothesis import strategies as st
 
 from spec.binding import Binding, Target, load_binding
-from spec.checklang import LimitExceeded, compile_expression, evaluate, search
+from spec.checklang import LimitExceeded, compile_expression, deadline, evaluate, search
 
 _bindings: dict[str, Binding] = {}
 
@@ -110,15 +110,16 @@ class Falsifier:
     def _once(self, names: dict[str, Any], drawn: dict[str, Any], subject: Subject | None) -> None:
         __tracebackhide__ = True
         env = {**names, **drawn}
+        until = deadline()  # one time limit for the whole example
         for i, _ in enumerate(self.assume):
-            if not evaluate(self._code[f"assume[{i}]"], env):
+            if not evaluate(self._code[f"assume[{i}]"], env, until=until):
                 hypothesis.reject()
         bound: dict[str, Any] = {}
         if self.raises is None:
             try:
                 for name, _ in self.let:
-                    bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env)
-                outcome = evaluate(self._code["expect"], env)
+                    bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env, until=until)
+                outcome = evaluate(self._code["expect"], env, until=until)
             except Exception as exc:
                 step = f"let {name}" if len(bound) < len(self.let) else "expect"
                 self._fail(f"{step} raised {type(exc).__name__}: {exc}", drawn, bound, subject)
@@ -129,8 +130,8 @@ class Falsifier:
         wanted = binding.errors[self.raises]
         try:
             for name, _ in self.let:
-                bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env)
-            outcome = evaluate(self._code["expect"], env)
+                bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env, until=until)
+            outcome = evaluate(self._code["expect"], env, until=until)
         except wanted as exc:
             try:
                 matched = not self.match or search(self.match, str(exc))

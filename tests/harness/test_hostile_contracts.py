@@ -246,9 +246,17 @@ def test_check_language_limits_are_reported(expect: str, limit: str) -> None:
 def test_check_language_time_limit() -> None:
     code = checklang.compile_expression("sum(sum(range(2000)) for i in range(10 ** 6))", "slow")
     start = time.perf_counter()
-    with pytest.raises(checklang.LimitExceeded, match=r"time limit of 0\.2 s"):
+    with pytest.raises(checklang.LimitExceeded, match=r"time limit of 0\.2 s per example"):
         checklang.evaluate(code, {"sum": sum, "range": range}, checklang.Limits(seconds=0.2))
     assert time.perf_counter() - start < 2
+
+
+def test_one_time_limit_spans_the_whole_example() -> None:
+    """assume, let and expect of one example share a deadline: an expression that starts after it fails at once."""
+    code = checklang.compile_expression("1 + 1", "cheap")
+    assert checklang.evaluate(code, {}, until=checklang.deadline()) == 2
+    with pytest.raises(checklang.LimitExceeded, match="per example"):
+        checklang.evaluate(code, {}, until=time.monotonic() - 1.0)
 
 
 def test_catastrophic_match_pattern_times_out() -> None:
