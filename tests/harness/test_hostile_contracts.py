@@ -197,6 +197,24 @@ def test_symlink_loop_and_dev_zero(tmp_path: Path) -> None:
         assert result.seconds < 10
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="needs FIFOs, /dev/zero")
+def test_fifo_and_device_links_in_the_output_folder_are_replaced_not_read(tmp_path: Path) -> None:
+    (tmp_path / "contracts").mkdir()
+    shutil.copy(MINIMAL, tmp_path / "contracts" / "minimal.yaml")
+    suite = tmp_path / "falsifiers"
+    suite.mkdir()
+    (suite / "test_minimal.py").symlink_to("/dev/zero")
+    os.mkfifo(suite / "conftest.py")
+    check = spec("generate", "--check", cwd=tmp_path, timeout=30)
+    assert check.returncode == 1 and "stale" in check.stdout, str(check)
+    result = spec("generate", cwd=tmp_path, timeout=30)
+    assert result.returncode == 0, str(result)
+    assert (suite / "test_minimal.py").is_file() and not (suite / "test_minimal.py").is_symlink()
+    assert (suite / "conftest.py").is_file()
+    assert (suite / "test_minimal.py").stat().st_mode & 0o044, "generated files are readable by others"
+    assert spec("generate", "--check", cwd=tmp_path).returncode == 0
+
+
 def test_scalar_aliased_thousands_of_times(tmp_path: Path) -> None:
     big = "x" * 200_000
     text = MINIMAL_TEXT.replace(
