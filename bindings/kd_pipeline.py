@@ -91,6 +91,24 @@ def _snapshot(root: Path) -> dict[str, tuple[object, ...]]:
     return state
 
 
+def _inside(root: Path, rel: str, what: str) -> Path:
+    """``root / rel`` when ``rel`` is a relative path that stays inside ``root``; ValueError otherwise. A check
+    writes only inside its own temporary directory."""
+    path = Path(rel)
+    if not rel or path.is_absolute() or ".." in path.parts or path.drive:
+        raise ValueError(f"{what} {rel!r} must be a relative path inside the run's temporary directory (no '..')")
+    return root / path
+
+
+def _confine_output_dir(argv: list[str]) -> None:
+    """Refuse an ``--output-dir`` that leaves the temporary working directory (absolute, or with ``..``)."""
+    for i, arg in enumerate(argv):
+        if arg == "--output-dir" and i + 1 < len(argv):
+            _inside(Path("."), argv[i + 1], "--output-dir")
+        elif arg.startswith("--output-dir="):
+            _inside(Path("."), arg.partition("=")[2], "--output-dir")
+
+
 def run_distill(
     args: Sequence[object], env: Mapping[str, object], files: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -109,14 +127,16 @@ def run_distill(
     * ``written``: every path under the working directory created, changed or removed by the run;
     * ``traceback``: whether ``Traceback`` appears in either stream.
     """
+    argv = [str(a) for a in args]
+    _confine_output_dir(argv)
     root = Path(tempfile.mkdtemp(prefix="kd-distill-"))
     try:
         for rel, text in (files or {}).items():
-            target = root / str(rel)
+            target = _inside(root, str(rel), "files key")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(str(text), encoding="utf-8")
         before = _snapshot(root)
-        outcome = distill.run([str(a) for a in args], {str(k): str(v) for k, v in env.items()}, cwd=root)
+        outcome = distill.run(argv, {str(k): str(v) for k, v in env.items()}, cwd=root)
         after = _snapshot(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)

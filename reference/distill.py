@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, TextIO
 
+import numpy as np
+
 from reference import settings
 from reference.pipeline import (
     METADATA_FILENAME,
@@ -61,6 +63,9 @@ DEFAULT_OUTPUT_DIR = "distill-out"
 VOCAB_SIZE = 32
 SEQ_LEN = 16
 CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
+
+MAX_BATCH_SIZE = 2**16
+"""The largest --batch-size: its logits ([batch, 16, 32] float64) take 256 MiB, and a step holds a few such."""
 
 DEFAULTS = PipelineConfig(
     epochs=3,
@@ -204,9 +209,14 @@ def resolve_options(
     batch_size = (
         d.batch_size if args.batch_size is None else settings.positive_int("--batch-size", args.batch_size)
     )
+    if batch_size > MAX_BATCH_SIZE:
+        raise settings.SettingsError(
+            f"--batch-size={args.batch_size!r} is too large: one batch of logits would take "
+            f"{batch_size * SEQ_LEN * VOCAB_SIZE * 8 / 2**30:.1f} GiB; pass at most {MAX_BATCH_SIZE}"
+        )
     temperature = d.temperature
     if args.temperature is not None:
-        temperature = settings.positive_float("--temperature", args.temperature)
+        temperature = settings.temperature("--temperature", args.temperature)
     alpha = d.alpha if args.alpha is None else settings.unit_interval_float("--alpha", args.alpha)
     learning_rate = d.learning_rate
     if args.learning_rate is not None:
@@ -288,13 +298,17 @@ def _main(
         stderr.write(f"error: {error}\n")
         return EXIT_BAD_SETTING, output_dir
     try:
-        result = pipeline.run()
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported below, in one line
+            result = pipeline.run()
     except KeyboardInterrupt:
         stdout.flush()
         stderr.write("error: interrupted; no partial file was written\n")
         return EXIT_INTERRUPTED, options.output_dir
     except OSError as error:
         stderr.write(f"error: could not write the outputs to {options.output_display!r}: {error}\n")
+        return EXIT_WRITE_FAILED, options.output_dir
+    except ValueError as error:  # the run diverged: a non-finite loss stops it before the update
+        stderr.write(f"error: {error}: the run diverged; lower --learning-rate or --temperature\n")
         return EXIT_WRITE_FAILED, options.output_dir
     _report(result, options, stdout)
     stdout.flush()

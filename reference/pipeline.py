@@ -278,21 +278,25 @@ class FixtureBatches:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not _is_number(ignore_fraction) or not 0.0 <= ignore_fraction < 1.0:
             raise ValueError(f"ignore_fraction must be a number in [0, 1), got {ignore_fraction!r}")
-        contexts = int(getattr(teacher, "context_size", teacher.vocab_size))
-        rng = np.random.default_rng(seed)
-        self._batches: list[Batch] = []
-        for _ in range(num_batches):
-            input_ids = rng.integers(0, contexts, size=(batch_size, seq_len))
-            labels = np.asarray(teacher.logits_for_batch(input_ids)).argmax(axis=-1).astype(np.int64)
-            labels[rng.random(size=labels.shape) < ignore_fraction] = IGNORE_INDEX
-            self._batches.append((input_ids, labels))
+        self._teacher = teacher
+        self._contexts = int(getattr(teacher, "context_size", teacher.vocab_size))
+        self._shape = (batch_size, seq_len)
+        self._num_batches = num_batches
+        self._seed = seed
+        self._ignore_fraction = ignore_fraction
 
     def __len__(self) -> int:
-        return len(self._batches)
+        return self._num_batches
 
     def __iter__(self) -> Iterator[Batch]:
-        for input_ids, labels in self._batches:
-            yield input_ids.copy(), labels.copy()
+        """The batches, drawn lazily from a fresh generator seeded the same way each pass: a run that stops
+        after 2 steps draws 2 batches however large ``num_batches`` is."""
+        rng = np.random.default_rng(self._seed)
+        for _ in range(self._num_batches):
+            input_ids = rng.integers(0, self._contexts, size=self._shape)
+            labels = np.asarray(self._teacher.logits_for_batch(input_ids)).argmax(axis=-1).astype(np.int64)
+            labels[rng.random(size=labels.shape) < self._ignore_fraction] = IGNORE_INDEX
+            yield input_ids, labels
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "project_to_steps",
+    "temperature",
     "unit_interval_float",
 ]
 
@@ -50,13 +51,25 @@ DEFAULT_LOG_EVERY = 10
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
+MAX_INT = 10**15
+"""The largest whole number any flag or variable takes: far past any real run, far below where a count stops
+fitting a float (a 400-digit DISTILL_PROJECT_TO_STEPS raised OverflowError in the projection)."""
+
+NAME_MAX = 255
+"""The longest path component most file systems accept (bytes); a longer one fails only when it is created."""
+
 
 class SettingsError(ValueError):
     """A flag or environment variable holds a value the command cannot use."""
 
 
 def _source(name: str, raw: str) -> str:
-    return f"{name}={raw!r}"
+    return f"{name}={_short(raw)!r}"
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters for a message (a 400-digit value is shown by its head)."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _fix(name: str, wanted: str) -> str:
@@ -70,6 +83,10 @@ def _parse_int(name: str, raw: str, minimum: int) -> int:
     text = raw.strip()
     if not _INTEGER.fullmatch(text):
         raise SettingsError(f"{_source(name, raw)} is not an integer: {_fix(name, wanted)}")
+    if len(text.lstrip("+-").lstrip("0")) > len(str(MAX_INT)) or int(text) > MAX_INT:
+        raise SettingsError(
+            f"{_source(_short(name), _short(raw))} is too large: {_fix(name, f'{wanted} and at most {MAX_INT:,}')}"
+        )
     value = int(text)
     if value < minimum:
         raise SettingsError(f"{_source(name, raw)} is below {minimum}: {_fix(name, wanted)}")
@@ -111,6 +128,12 @@ def output_dir(name: str, raw: str, cwd: str | os.PathLike[str] | None = None) -
     """
     if raw.strip() == "":
         raise SettingsError(f"{_source(name, raw)} is empty: pass a directory path, or leave the flag out")
+    long = next((part for part in Path(raw).parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        raise SettingsError(
+            f"{_source(name, raw)} has a component of {len(os.fsencode(long))} bytes, over the {NAME_MAX}-byte "
+            "limit of file names: pass a shorter path"
+        )
     path = Path(os.getcwd() if cwd is None else cwd) / raw
     for candidate in (path, *path.parents):
         if candidate.exists():
@@ -129,6 +152,20 @@ def positive_float(name: str, raw: str) -> float:
     value = _parse_float(name, raw, wanted)
     if value <= 0:
         raise SettingsError(f"{_source(name, raw)} is not > 0: {_fix(name, wanted)}")
+    return value
+
+
+def temperature(name: str, raw: str) -> float:
+    """Parse a temperature flag: a number in the range every KD function accepts
+    (:data:`reference.checks.TEMPERATURE_MIN` to :data:`~reference.checks.TEMPERATURE_MAX`)."""
+    from reference.checks import TEMPERATURE_MAX, TEMPERATURE_MIN
+
+    wanted = f"a number in [{TEMPERATURE_MIN:g}, {TEMPERATURE_MAX:g}]"
+    value = _parse_float(name, raw, wanted)
+    if not TEMPERATURE_MIN <= value <= TEMPERATURE_MAX:
+        raise SettingsError(
+            f"{_source(name, raw)} is outside [{TEMPERATURE_MIN:g}, {TEMPERATURE_MAX:g}]: {_fix(name, wanted)}"
+        )
     return value
 
 

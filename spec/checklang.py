@@ -271,7 +271,7 @@ class _Walker:
 class Limits:
     """What one evaluation of a check expression may build and how long it may run."""
 
-    seconds: float = 60.0  # wall time of one expression (assume, let or expect) of one example
+    seconds: float = 60.0  # wall time of one example (its assume, let and expect together)
     int_bits: int = 100_000  # the largest integer an operator may produce (about 30,000 digits)
     items: int = 10_000_000  # the longest string, list, tuple or range an operator or call may produce
     steps: int = 10_000_000  # the items all comprehensions of one expression may visit together
@@ -287,14 +287,14 @@ class LimitExceeded(RuntimeError):
 class _Guard:
     """The functions the compiled code calls around every operator, call and comprehension."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, deadline: float | None = None) -> None:
         self.limits = limits
-        self.deadline = time.monotonic() + limits.seconds
+        self.deadline = time.monotonic() + limits.seconds if deadline is None else deadline
         self.steps = 0
 
     def clock(self) -> None:
         if time.monotonic() > self.deadline:
-            raise LimitExceeded(f"the check ran past its time limit of {self.limits.seconds:g} s per expression")
+            raise LimitExceeded(_time_message(self.limits))
 
     def size(self, value: Any) -> Any:
         self.clock()
@@ -388,16 +388,30 @@ def compile_expression(expression: str, label: str) -> CodeType:
     return compile(ast.fix_missing_locations(tree), label, "eval")
 
 
-def evaluate(code: CodeType, names: Mapping[str, object], limits: Limits | None = None) -> object:
-    """Evaluate compiled check code with ``names``, no builtins, and :class:`Limits`."""
-    guard = _Guard(limits or LIMITS)
+def deadline(limits: Limits | None = None) -> float:
+    """The ``time.monotonic()`` by which one example must finish: pass it to every :func:`evaluate` of the
+    example (its assume, let and expect entries share one time limit)."""
+    return time.monotonic() + (limits or LIMITS).seconds
+
+
+def evaluate(
+    code: CodeType, names: Mapping[str, object], limits: Limits | None = None, until: float | None = None
+) -> object:
+    """Evaluate compiled check code with ``names``, no builtins, and :class:`Limits`; with ``until`` (from
+    :func:`deadline`) the time limit is that of the whole example, else of this expression alone."""
+    guard = _Guard(limits or LIMITS, until)
     scope = {**names, "__builtins__": {}, "__guard__": guard}  # globals, so that comprehensions see them too
-    with _alarm(guard.limits.seconds):
+    guard.clock()
+    with _alarm(guard.deadline - time.monotonic(), guard.limits):
         return eval(code, scope)  # the AST whitelist was enforced by the validator
 
 
+def _time_message(limits: Limits) -> str:
+    return f"the check ran past its time limit of {limits.seconds:g} s per example"
+
+
 @contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
+def _alarm(seconds: float, limits: Limits) -> Iterator[None]:
     """A backstop for time spent inside the binding's own Python code, which the guard does not see: on the
     main thread of a Unix process, SIGALRM raises :class:`LimitExceeded` once ``seconds`` have passed."""
     usable = (
@@ -410,10 +424,10 @@ def _alarm(seconds: float) -> Iterator[None]:
         return
 
     def expired(signum: int, frame: Any) -> None:
-        raise LimitExceeded(f"the check ran past its time limit of {seconds:g} s per expression")
+        raise LimitExceeded(_time_message(limits))
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
     try:
         yield
     finally:

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from spec import explain
 from spec.binding import Binding, Target, load_binding
-from spec.checklang import LimitExceeded, compile_expression, evaluate, search
+from spec.checklang import LimitExceeded, compile_expression, deadline, evaluate, search
 
 _bindings: dict[str, Binding] = {}
 _SPEC_DIR = str(Path(__file__).resolve().parent)
@@ -259,6 +259,7 @@ class Falsifier:
     def _once(self, names: dict[str, Any], drawn: dict[str, Any], subject: Subject | None) -> None:
         __tracebackhide__ = True
         env = {**names, **drawn}
+        until = deadline()  # one time limit for the whole example
         bound: dict[str, Any] = {}
 
         def error(what: str, exc: BaseException) -> FalsifierError:
@@ -268,7 +269,7 @@ class Falsifier:
 
         for i, expr in enumerate(self.assume):
             try:
-                kept = evaluate(self._code[f"assume[{i}]"], env)
+                kept = evaluate(self._code[f"assume[{i}]"], env, until=until)
             except Exception as exc:
                 raise error(f"assume `{expr}` raised {type(exc).__name__}: {exc}", exc) from exc
             if not kept:
@@ -280,9 +281,9 @@ class Falsifier:
         try:
             for name, _ in self.let:
                 step = f"let {name}"
-                bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env)
+                bound[name] = env[name] = evaluate(self._code[f"let.{name}"], env, until=until)
             step = "expect"
-            outcome = evaluate(self._code["expect"], env)
+            outcome = evaluate(self._code["expect"], env, until=until)
         except wanted as exc:
             try:
                 matched = not self.match or search(self.match, str(exc))

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from spec import checklang
@@ -197,6 +197,24 @@ def test_symlink_loop_and_dev_zero(tmp_path: Path) -> None:
         assert result.seconds < 10
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="needs FIFOs, /dev/zero")
+def test_fifo_and_device_links_in_the_output_folder_are_replaced_not_read(tmp_path: Path) -> None:
+    (tmp_path / "contracts").mkdir()
+    shutil.copy(MINIMAL, tmp_path / "contracts" / "minimal.yaml")
+    suite = tmp_path / "falsifiers"
+    suite.mkdir()
+    (suite / "test_minimal.py").symlink_to("/dev/zero")
+    os.mkfifo(suite / "conftest.py")
+    check = spec("generate", "--check", cwd=tmp_path, timeout=30)
+    assert check.returncode == 1 and "stale" in check.stdout, str(check)
+    result = spec("generate", cwd=tmp_path, timeout=30)
+    assert result.returncode == 0, str(result)
+    assert (suite / "test_minimal.py").is_file() and not (suite / "test_minimal.py").is_symlink()
+    assert (suite / "conftest.py").is_file()
+    assert (suite / "test_minimal.py").stat().st_mode & 0o044, "generated files are readable by others"
+    assert spec("generate", "--check", cwd=tmp_path).returncode == 0
+
+
 def test_scalar_aliased_thousands_of_times(tmp_path: Path) -> None:
     big = "x" * 200_000
     text = MINIMAL_TEXT.replace(
@@ -246,9 +264,17 @@ def test_check_language_limits_are_reported(expect: str, limit: str) -> None:
 def test_check_language_time_limit() -> None:
     code = checklang.compile_expression("sum(sum(range(2000)) for i in range(10 ** 6))", "slow")
     start = time.perf_counter()
-    with pytest.raises(checklang.LimitExceeded, match=r"time limit of 0\.2 s"):
+    with pytest.raises(checklang.LimitExceeded, match=r"time limit of 0\.2 s per example"):
         checklang.evaluate(code, {"sum": sum, "range": range}, checklang.Limits(seconds=0.2))
     assert time.perf_counter() - start < 2
+
+
+def test_one_time_limit_spans_the_whole_example() -> None:
+    """assume, let and expect of one example share a deadline: an expression that starts after it fails at once."""
+    code = checklang.compile_expression("1 + 1", "cheap")
+    assert checklang.evaluate(code, {}, until=checklang.deadline()) == 2
+    with pytest.raises(checklang.LimitExceeded, match="per example"):
+        checklang.evaluate(code, {}, until=time.monotonic() - 1.0)
 
 
 def test_catastrophic_match_pattern_times_out() -> None:
@@ -269,7 +295,10 @@ def test_guard_names_cannot_be_reached_from_a_check() -> None:
 # -- property: generated hostile contracts and file names -----------------------------------------------
 
 NAME_CHARS = st.characters(codec="utf-8", exclude_characters="/\x00")
+VALID_NAMES = st.from_regex(r"[a-z][a-z0-9]{0,8}(-[a-z0-9]{1,4}){0,3}\.ya?ml", fullmatch=True)
 FILE_NAMES = st.one_of(
+    VALID_NAMES,
+    VALID_NAMES,
     st.text(NAME_CHARS, min_size=1, max_size=30).map(lambda s: s + ".yaml"),
     st.sampled_from(["kd-loss-v1.yaml", "kd_loss_v1.yml", "a.yml", "-a.yaml", "..yaml", "a--b.yaml"]),
 ).filter(lambda n: n not in (".", "..") and len(n.encode("utf-8", "surrogateescape")) < 200)
@@ -300,17 +329,17 @@ def _yaml_quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _hostile_contract(draw: st.DrawFn) -> str:
-    text = MINIMAL_TEXT
-    for anchor in ('"Softmax rows sum to one"', "bindings.kd", "F-MIN-001", '"Bridle (1990), softmax"'):
-        if draw(st.booleans()):
+def _hostile_contract(draw: st.DrawFn, index: int) -> str:
+    text = MINIMAL_TEXT.replace("F-MIN-", f"F-M{index}-")
+    for anchor in ('"Softmax rows sum to one"', "bindings.kd", f"F-M{index}-001", '"Bridle (1990), softmax"'):
+        if draw(st.integers(0, 3)) == 0:
             snippet = draw(st.one_of(YAML_SNIPPETS, TEXT.map(_yaml_quoted)))
             text = text.replace(anchor, snippet, 1)
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)) == 0:
         text = text.replace(
             "      expect: close(", f"      expect: {draw(YAML_SNIPPETS)}\n      unused: close(", 1
         )
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)) == 0:
         cut = draw(st.integers(0, len(text)))
         text = text[:cut] + draw(TEXT) + text[cut:]
     return text
@@ -318,8 +347,8 @@ def _hostile_contract(draw: st.DrawFn) -> str:
 
 @st.composite
 def hostile_projects(draw: st.DrawFn) -> list[tuple[str, bytes]]:
-    files = draw(st.lists(FILE_NAMES, min_size=1, max_size=3, unique_by=lambda n: n.lower()))
-    return [(name, _hostile_contract(draw).encode("utf-8", "surrogatepass")) for name in files]
+    files = draw(st.lists(FILE_NAMES, min_size=1, max_size=2, unique_by=lambda n: n.lower()))
+    return [(name, _hostile_contract(draw, i).encode("utf-8", "surrogatepass")) for i, name in enumerate(files)]
 
 
 @settings(
@@ -362,6 +391,7 @@ def test_hostile_contracts_never_crash_write_outside_or_hang(
     (out + err).encode("utf-8")  # printable: no lone surrogate reaches the terminal
     assert snapshot(contracts) == before
     assert {p.name for p in root.iterdir()} <= {"contracts", "out"}, "something was written outside out/"
+    event("generated a suite" if (root / "out").exists() else "refused: nothing generated")
     for generated in (root / "out").glob("*.py") if (root / "out").exists() else ():
         tree = ast.parse(generated.read_text("utf-8"))
         calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
