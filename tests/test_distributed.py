@@ -149,6 +149,14 @@ def test_bad_flags_are_one_line_exit_2(args: list[str], words: str) -> None:
     assert words in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_partial_torchrun_environment_is_one_line_exit_2() -> None:
+    env = {**_env(), "RANK": "0"}
+    proc = subprocess.run(_command("--steps", "1"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "the environment sets RANK but not all of RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT" in proc.stderr
+
+
 def test_torchrun_data_parallel_equals_one_process(tmp_path: Path) -> None:
     """The README command under the real launcher: float64 parameters written by rank 0 equal the oracle."""
     from safetensors.torch import load_file
