@@ -56,7 +56,8 @@ def _single(config: Any) -> Any:
 
     from distill.distributed.train import train_single
 
-    return train_single(dataclasses.replace(config, parallel="single", accumulation=1, microbatch_size=None))
+    oracle = dataclasses.replace(config, parallel="single", accumulation=1, microbatch_size=None, schedule="gpipe")
+    return train_single(oracle)
 
 
 def _flat(params: dict[str, Any]) -> np.ndarray:
