@@ -40,7 +40,7 @@ MUTANTS: tuple[str, ...] = ()
 
 def clear_caches() -> None:
     """Forget every memoized run (after changing :data:`MUTANTS`)."""
-    for cached in (_single, _data_parallel, _pipeline, _kill_rank):
+    for cached in (_oracle, _data_parallel, _pipeline, _kill_rank):
         cached.cache_clear()
 
 
@@ -50,14 +50,19 @@ def _config(**values: Any) -> Any:
     return RunConfig(steps=_STEPS, dtype="float64", **values)
 
 
-@functools.cache
 def _single(config: Any) -> Any:
+    """The one-process oracle of ``config`` (the split settings do not change it, so they are dropped)."""
     import dataclasses
 
+    split_free = dataclasses.replace(config, parallel="single", accumulation=1, microbatch_size=None, schedule="gpipe")
+    return _oracle(split_free)
+
+
+@functools.cache
+def _oracle(config: Any) -> Any:
     from distill.distributed.train import train_single
 
-    oracle = dataclasses.replace(config, parallel="single", accumulation=1, microbatch_size=None, schedule="gpipe")
-    return train_single(oracle)
+    return train_single(config)
 
 
 def _flat(params: dict[str, Any]) -> np.ndarray:
