@@ -40,7 +40,7 @@ MUTANTS: tuple[str, ...] = ()
 
 def clear_caches() -> None:
     """Forget every memoized run (after changing :data:`MUTANTS`)."""
-    for cached in (_single, _data_parallel, _pipeline, _kill_rank):
+    for cached in (_oracle, _spawn, _kill_rank):
         cached.cache_clear()
 
 
@@ -50,13 +50,19 @@ def _config(**values: Any) -> Any:
     return RunConfig(steps=_STEPS, dtype="float64", **values)
 
 
-@functools.cache
 def _single(config: Any) -> Any:
+    """The one-process oracle of ``config`` (the split settings do not change it, so they are dropped)."""
     import dataclasses
 
+    split_free = dataclasses.replace(config, parallel="single", accumulation=1, microbatch_size=None, schedule="gpipe")
+    return _oracle(split_free)
+
+
+@functools.cache
+def _oracle(config: Any) -> Any:
     from distill.distributed.train import train_single
 
-    return train_single(dataclasses.replace(config, parallel="single", accumulation=1, microbatch_size=None))
+    return train_single(config)
 
 
 def _flat(params: dict[str, Any]) -> np.ndarray:
@@ -82,26 +88,58 @@ def _report(configs: list[Any], results: list[dict], labels: list[str]) -> dict[
     }
 
 
+Key = tuple[Any, ...]
+"""A set of runs: ``("data", ranks, accumulations, batch_size, optimizer)`` or ``("pipeline", stages,
+((microbatch_size, schedule), ...), batch_size)``."""
+
+STANDARD: tuple[Key, ...] = (
+    ("data", 2, (1, 2, 3), 8, "sgd"),
+    ("data", 3, (1, 2), 7, "adamw"),
+    ("pipeline", 2, ((8, "gpipe"), (2, "gpipe"), (1, "gpipe"), (2, "1f1b"), (4, "1f1b")), 8),
+    ("pipeline", 4, ((1, "gpipe"), (2, "gpipe"), (1, "1f1b")), 4),
+)
+"""The runs the ``distill-distributed-v1`` contract names. The first call of :func:`data_parallel` or
+:func:`pipeline` for any of them starts all of them in ONE process group of 4 ranks (each run on a subgroup
+of the first 2, 3 or 4), which costs one spawn instead of one per call; any other arguments start their own."""
+
+
+def _runs(key: Key) -> tuple[list[tuple[Any, int]], list[str]]:
+    if key[0] == "data":
+        _, ranks, accumulations, batch_size, optimizer = key
+        lr = 0.5 if optimizer == "sgd" else 0.01
+        configs = [
+            _config(parallel="data", accumulation=a, batch_size=batch_size, optimizer=optimizer, learning_rate=lr)
+            for a in accumulations
+        ]
+        labels = [f"{ranks} ranks x {a} microbatches of batch {batch_size}" for a in accumulations]
+    else:
+        _, ranks, splits, batch_size = key
+        configs = [
+            _config(parallel="pipeline", microbatch_size=m, schedule=schedule, batch_size=batch_size)
+            for m, schedule in splits
+        ]
+        labels = [f"{ranks} stages, {schedule}, microbatches of {m} in {batch_size}" for m, schedule in splits]
+    return [(config, ranks) for config in configs], labels
+
+
 @functools.cache
-def _data_parallel(
-    world_size: int, accumulations: tuple[int, ...], batch_size: int, optimizer: str, mutants: tuple[str, ...]
-) -> dict:
+def _spawn(keys: tuple[Key, ...], mutants: tuple[str, ...]) -> dict[Key, list[dict]]:
     from distill.distributed.worker import run_plan
 
-    configs = [
-        _config(
-            parallel="data", accumulation=a, batch_size=batch_size, optimizer=optimizer, learning_rate=_lr(optimizer)
-        )
-        for a in accumulations
-    ]
-    results = run_plan(configs, world_size, timeout=_SPAWN_TIMEOUT_S, patches=mutants)
-    return _report(
-        configs, results, [f"{world_size} ranks x {a} microbatches of batch {batch_size}" for a in accumulations]
-    )
+    plan = [_runs(key)[0] for key in keys]
+    world_size = max(ranks for runs in plan for _, ranks in runs)
+    results = run_plan([run for runs in plan for run in runs], world_size, timeout=_SPAWN_TIMEOUT_S, patches=mutants)
+    by_key, start = {}, 0
+    for key, runs in zip(keys, plan):
+        by_key[key] = results[start : start + len(runs)]
+        start += len(runs)
+    return by_key
 
 
-def _lr(optimizer: str) -> float:
-    return 0.5 if optimizer == "sgd" else 0.01
+def _report_of(key: Key) -> dict[str, Any]:
+    results = _spawn(STANDARD if key in STANDARD else (key,), MUTANTS)[key]
+    runs, labels = _runs(key)
+    return _report([config for config, _ in runs], results, labels)
 
 
 def data_parallel(
@@ -115,27 +153,8 @@ def data_parallel(
     flattened by sorted name), ``param_names`` / ``single_param_names``, ``logs`` / ``single_logs``
     (``[runs, steps, 3]``: loss, ce, kd per valid token), ``tokens`` / ``single_tokens`` (``[runs][steps]``),
     ``alpha`` (per run), ``world_size``. A failed rank raises with every rank's last words."""
-    return _data_parallel(
-        int(world_size), tuple(int(a) for a in accumulations), int(batch_size), str(optimizer), MUTANTS
-    )
-
-
-@functools.cache
-def _pipeline(stages: int, splits: tuple[tuple[int, str], ...], batch_size: int, mutants: tuple[str, ...]) -> dict:
-    from distill.distributed.worker import run_plan
-
-    configs = [
-        _config(parallel="pipeline", microbatch_size=m, schedule=schedule, batch_size=batch_size)
-        for m, schedule in splits
-    ]
-    results = run_plan(configs, stages, timeout=_SPAWN_TIMEOUT_S, patches=mutants)
-    labels = [f"{stages} stages, {schedule}, microbatches of {m} in {batch_size}" for m, schedule in splits]
-    report = _report(configs, results, labels)
-    report["expected_rows"] = [
-        [[list(range(start, start + m)) for start in range(0, batch_size, m)] for _ in range(_STEPS)]
-        for m, _ in splits
-    ]
-    return report
+    key = ("data", int(world_size), tuple(int(a) for a in accumulations), int(batch_size), str(optimizer))
+    return _report_of(key)
 
 
 def pipeline(stages: int, splits: Sequence[Sequence[Any]], batch_size: int = 8) -> dict[str, Any]:
@@ -147,7 +166,12 @@ def pipeline(stages: int, splits: Sequence[Sequence[Any]], batch_size: int = 8) 
     the order the loss saw them: the batch rows whose teacher logits that loss used) and ``expected_rows``
     (the same, for microbatch ``i`` holding rows ``i*m .. i*m + m - 1``)."""
     pairs = tuple((int(m), str(schedule)) for m, schedule in splits)
-    return _pipeline(int(stages), pairs, int(batch_size), MUTANTS)
+    report = _report_of(("pipeline", int(stages), pairs, int(batch_size)))
+    report["expected_rows"] = [
+        [[list(range(start, start + m)) for start in range(0, int(batch_size), m)] for _ in range(_STEPS)]
+        for m, _ in pairs
+    ]
+    return report
 
 
 @functools.cache

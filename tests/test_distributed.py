@@ -104,6 +104,25 @@ def test_bad_configurations_are_sentences(config: RunConfig, world: int, words: 
     assert words in str(error.value)
 
 
+def test_teacher_delivery_matches_rows_in_any_microbatch_order() -> None:
+    """The last stage's loss reads each microbatch's own teacher rows by the indices in its target, so the
+    summed loss is the whole batch's whatever order the schedule runs the microbatches in."""
+    from distill.distributed.loss import token_sums
+    from distill.distributed.train import TeacherDelivery
+
+    config = RunConfig(parallel="pipeline", microbatch_size=2)
+    batch = global_batch(0, 8, 8, 32, seed=0)
+    student = build_model(config.student, 0, torch.float64)(batch.ids)
+    teacher = build_model(config.teacher, 1, torch.float64)(batch.ids)
+    whole = token_sums(student, teacher, batch.labels, temperature=2.0, alpha=0.5)
+    target = TeacherDelivery.target(batch)
+    delivery = TeacherDelivery(teacher, batch.valid_tokens(), config)
+    total = sum(delivery.loss(student[k : k + 2], target[k : k + 2]) for k in (6, 0, 4, 2))
+    assert delivery.rows_seen == [[6, 7], [0, 1], [4, 5], [2, 3]]
+    assert abs(float(total.detach()) - float(whole.loss.detach()) / whole.tokens) < 1e-14
+    assert abs(float(delivery.totals[0]) - float(whole.loss.detach())) < 1e-12
+
+
 def test_logged_terms_share_one_scale_in_the_oracle() -> None:
     result = train_single(RunConfig(parallel="single", steps=2))
     for log in result.logs:
@@ -147,6 +166,14 @@ def test_bad_flags_are_one_line_exit_2(args: list[str], words: str) -> None:
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_partial_torchrun_environment_is_one_line_exit_2() -> None:
+    env = {**_env(), "RANK": "0"}
+    proc = subprocess.run(_command("--steps", "1"), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "the environment sets RANK but not all of RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT" in proc.stderr
 
 
 def test_torchrun_data_parallel_equals_one_process(tmp_path: Path) -> None:

@@ -164,6 +164,13 @@ class LocalRun:
 
 def run_ranks(module: str, args: list[str], world_size: int, timeout: float) -> list[RankOutcome]:
     """Run ``world_size`` ranks of ``python -m module args`` to the end (or ``timeout``) and return how each
-    ended."""
-    with LocalRun(module, args, world_size) as run:
-        return run.wait(timeout)
+    ended. If the free port was taken between choosing it and binding it, the run is started once more."""
+
+    def once() -> list[RankOutcome]:
+        with LocalRun(module, args, world_size) as run:
+            return run.wait(timeout)
+
+    outcomes = once()
+    if any("address already in use" in o.stderr.lower() for o in outcomes):
+        outcomes = once()
+    return outcomes

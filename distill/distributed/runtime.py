@@ -28,10 +28,10 @@ def distributed(timeout_s: float) -> Iterator[int]:
     Started without those variables (plain ``python -m``), it makes a group of one on 127.0.0.1.
     """
     if not all(name in os.environ for name in _TORCHRUN_VARIABLES):
-        missing = [name for name in _TORCHRUN_VARIABLES if name in os.environ]
-        if missing:
+        present = [name for name in _TORCHRUN_VARIABLES if name in os.environ]
+        if present:
             raise ConfigError(
-                f"the environment sets {', '.join(missing)} but not all of {', '.join(_TORCHRUN_VARIABLES)}: "
+                f"the environment sets {', '.join(present)} but not all of {', '.join(_TORCHRUN_VARIABLES)}: "
                 f"start the ranks with torchrun, or set none of them for a single process"
             )
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))

@@ -1,9 +1,11 @@
 """``python -m distill.distributed.worker PLAN.json OUT_DIR [--patch MODULE:FUNCTION ...]``: run a list of
 configurations in one process group, one after the other, and write each result (``run-<i>.pt``) from rank 0.
+A run may use only the first ``W`` ranks (a subgroup), so one group of 4 serves splits over 2, 3 and 4 ranks.
 
 Started by :mod:`distill.distributed.launch` for the tests and the ``distill-distributed-v1`` falsifiers: one
 process group serves several runs, which keeps the multi-process checks cheap. ``PLAN.json`` is a list of
-:class:`~distill.distributed.config.RunConfig` dicts. Each ``--patch`` names a function that every rank calls
+:class:`~distill.distributed.config.RunConfig` dicts, each with the number of ranks it uses under
+``"ranks"``. Each ``--patch`` names a function that every rank calls
 before the runs: the tests use it to plant a known bug (a mutant) and watch the checks catch it.
 Exit codes: 0 done, 1 a rank failed (one line on stderr).
 """
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from distill.distributed.config import RunConfig
 from distill.distributed.runtime import distributed, report_failure
@@ -31,11 +34,16 @@ def main(argv: list[str]) -> int:
     if patches:
         print(f"distill.distributed.worker: error: unexpected arguments {patches}", file=sys.stderr)
         return 2
-    configs = [RunConfig.from_dict(entry) for entry in json.loads(plan_path.read_text())]
-    with report_failure("distill.distributed.worker"), distributed(timeout_s=60.0) as group_rank:
-        for index, config in enumerate(configs):
-            result = train(config)
-            if group_rank == 0 and result is not None:
+    entries = json.loads(plan_path.read_text())
+    with report_failure("distill.distributed.worker"), distributed(timeout_s=60.0) as rank:
+        world_size = dist.get_world_size()
+        # Every rank creates every subgroup, in plan order, before any run (new_group is collective).
+        groups = {w: dist.new_group(list(range(w))) for w in sorted({e["ranks"] for e in entries}) if w < world_size}
+        for index, entry in enumerate(entries):
+            if rank >= entry["ranks"]:
+                continue
+            result = train(RunConfig.from_dict(entry["config"]), group=groups.get(entry["ranks"]))
+            if rank == 0 and result is not None:
                 torch.save(
                     {
                         "world_size": result.world_size,
@@ -57,18 +65,19 @@ class PlanFailed(RuntimeError):
 
 
 def run_plan(
-    configs: list[RunConfig], world_size: int, *, timeout: float = 240.0, patches: tuple[str, ...] = ()
+    runs: list[tuple[RunConfig, int]], world_size: int, *, timeout: float = 240.0, patches: tuple[str, ...] = ()
 ) -> list[dict]:
-    """Run ``configs`` on ``world_size`` local ranks (one process group) and return rank 0's results, as
-    dicts with ``world_size``, ``logs``, ``params`` and ``teacher_rows``. Raises :class:`PlanFailed` with
-    every rank's exit code and last stderr lines when a rank fails or ``timeout`` passes."""
+    """Run each ``(config, ranks)`` of ``runs`` on the first ``ranks`` of ``world_size`` local ranks (one
+    process group) and return rank 0's results, as dicts with ``world_size``, ``logs``, ``params`` and
+    ``teacher_rows``. Raises :class:`PlanFailed` with every rank's exit code and last stderr lines when a rank
+    fails or ``timeout`` passes."""
     import tempfile
 
     from distill.distributed.launch import run_ranks
 
     with tempfile.TemporaryDirectory(prefix="distill-plan-") as folder:
         plan = Path(folder) / "plan.json"
-        plan.write_text(json.dumps([config.as_dict() for config in configs]))
+        plan.write_text(json.dumps([{"config": config.as_dict(), "ranks": ranks} for config, ranks in runs]))
         args = [str(plan), folder]
         for patch in patches:
             args += ["--patch", patch]
@@ -80,4 +89,4 @@ def run_plan(
                 for o in outcomes
             )
             raise PlanFailed(f"a {world_size}-rank plan run failed: {words}")
-        return [torch.load(Path(folder) / f"run-{i}.pt") for i in range(len(configs))]
+        return [torch.load(Path(folder) / f"run-{i}.pt") for i in range(len(runs))]
