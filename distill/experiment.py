@@ -61,8 +61,10 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
 
     print(f"corpus: {train.tokens} training tokens in {len(train)} sequences, {held.tokens} held-out tokens")
     teacher_model = load_model(args.teacher, seed=args.seed + 1, flag="--teacher")
-    teacher_cfg = replace(base, alpha=1.0, learning_rate=args.teacher_lr, epochs=args.teacher_epochs)
-    teacher_run = _phase("teacher", teacher_model, None, train, teacher_cfg, backend, out)
+    teacher_run: dict[str, Any] = {"steps": 0, "seconds": 0.0}
+    if args.teacher_epochs > 0:  # 0: use --teacher as it is (e.g. the teacher/model folder of an earlier run)
+        teacher_cfg = replace(base, alpha=1.0, learning_rate=args.teacher_lr, epochs=args.teacher_epochs)
+        teacher_run = _phase("teacher", teacher_model, None, train, teacher_cfg, backend, out)
     teacher = HFTeacher(teacher_model, name="teacher")
     teacher_eval = evaluate(teacher_model, None, held, backend)
     print(f"teacher: {teacher_run['steps']} steps in {teacher_run['seconds']:.0f}s, "

@@ -329,5 +329,5 @@ def test_topk_teacher_loss_composes_ce_temperature_masks_and_normalizer() -> Non
     kd = (backend._rows(x, logprobs.double(), ids, 2.0) * valid).sum()
     expected = (0.25 * ce + 0.75 * 4.0 * kd) / 7.0
     (want,) = torch.autograd.grad(expected, x)
-    assert float(value) == pytest.approx(float(expected), abs=1e-12)
+    assert float(value.detach()) == pytest.approx(float(expected.detach()), abs=1e-12)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
