@@ -30,7 +30,7 @@ from distill.checkpoint import CHECKPOINT_FILENAME, CheckpointError, read_checkp
 from distill.data import TokenChunks
 from distill.loss import BackendLoss
 from distill.models import output_vocab_size
-from distill.teachers.base import TokenBatch
+from distill.teachers.base import TokenBatch, check_topk
 from reference.pipeline import EpochContext, PipelineMetrics, StepContext, atomic_write
 from reference.progress import ProgressCallback
 
@@ -208,7 +208,8 @@ class Trainer:
         if self.teacher is None:
             return StepInputs(logits, None, labels)
         if self.teacher.kind == "topk":
-            logprobs, ids = self.teacher.topk(batch)
+            logprobs, ids = check_topk(getattr(self.teacher, "name", type(self.teacher).__name__), batch,
+                                       *self.teacher.topk(batch), self.teacher.vocab_size, self.teacher.top_k)
             if self.align is not None and self.align.teacher_vocab != self.student_vocab and bool(
                 (ids >= self.student_vocab).any()
             ):

@@ -329,5 +329,37 @@ def test_topk_teacher_loss_composes_ce_temperature_masks_and_normalizer() -> Non
     kd = (backend._rows(x, logprobs.double(), ids, 2.0) * valid).sum()
     expected = (0.25 * ce + 0.75 * 4.0 * kd) / 7.0
     (want,) = torch.autograd.grad(expected, x)
-    assert float(value) == pytest.approx(float(expected), abs=1e-12)
+    assert float(value.detach()) == pytest.approx(float(expected.detach()), abs=1e-12)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_trainer_takes_a_topk_teacher_through_the_backend_member() -> None:
+    """A top-k teacher (here the top 8 of a dense one) trains the student through the backend's top-k members;
+    its answers are checked on the way."""
+    from distill.teachers.hf import HFTeacher
+    from distill.train import TrainConfig, Trainer
+
+    dense = HFTeacher(h.model(seed=1))
+
+    class TopK:
+        kind, vocab_size, top_k, fingerprint, name = "topk", dense.vocab_size, 8, "test", "top8"
+
+        def topk(self, batch: TokenBatch):
+            return topk_from_logits(dense.logits(batch), self.top_k)
+
+    t = Trainer(h.model(seed=0), TopK(), h.chunks(), TrainConfig(batch_size=4, steps_per_epoch=2),
+                _TopKTorchBackend(), log_every=0, progress_bar=False)
+    batch = next(iter(t.chunks.batches(4, seed=0, epoch=1)))
+    before = [p.detach().clone() for p in t.student.parameters()]
+    record = t.train_step([batch])
+    assert record["loss"] > 0 and record["kl"] is None
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.student.parameters()))
+
+    class Repeating(TopK):
+        def topk(self, batch: TokenBatch):
+            logprobs, ids = super().topk(batch)
+            return logprobs, torch.zeros_like(ids)  # every slot names token 0
+
+    t.teacher = Repeating()
+    with pytest.raises(TeacherError, match="repeated token id"):
+        t.train_step([batch])
