@@ -59,7 +59,7 @@ class TorchBackend(TorchFamily):
     """The KD math on torch tensors on one device (``"cpu"`` or ``"cuda"``); see the module docstring."""
 
     dtypes: tuple[str, ...] = FLOAT_DTYPES
-    capabilities: frozenset[str] = frozenset({"kd_loss_from_hidden"})
+    capabilities: frozenset[str] = TorchFamily.capabilities | {"kd_loss_from_hidden"}
     """Optional protocol members implemented here."""
 
     def __init__(self, device: str = "cpu") -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from reference import kd
-from reference.divergences import log_softmax_rows
+from reference.rows import log_softmax_rows
 
 
 def _valid(labels: ArrayLike | None, shape: tuple[int, ...], ignore_index: int = -100) -> np.ndarray:

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reference.rows import log_softmax_rows
+
 Rows = np.ndarray  # float64 log-probabilities, shape [N, B] (B buckets: the vocabulary, or top-k + tail)
 
 
@@ -324,13 +326,6 @@ def _as_float(value: object) -> float | None:
 # --------------------------------------------------------------------------------------------------------
 # Dense rows: value and gradient with respect to the student logits.
 # --------------------------------------------------------------------------------------------------------
-
-
-def log_softmax_rows(z: np.ndarray, temperature: float) -> np.ndarray:
-    """``log_softmax(z / T)`` over the last axis, shifted by the (finite) row max."""
-    scaled = z / temperature
-    shifted = scaled - scaled.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def dense_value_rows(

@@ -67,6 +67,7 @@ from reference.kd_family import (  # the divergence family (reference/divergence
     total_variation_gradient,
     uses_family,
 )
+from reference.rows import log_softmax_rows, softmax_rows
 from reference.topk import TopKTeacher, topk_divergence, topk_divergence_gradient
 
 __all__ = [
@@ -100,32 +101,9 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------
 
 
-def _log_softmax_rows(z: np.ndarray, temperature: float) -> np.ndarray:
-    """``log_softmax(z / T) = z / T - m - log sum exp(z / T - m)`` with ``m`` the row max (last axis)."""
-    shifted = _shifted(z, temperature)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def _softmax_rows(z: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(z / T) = exp(z / T - m) / sum exp(z / T - m)`` with ``m`` the row max (last axis)."""
-    unnormalized = np.exp(_shifted(z, temperature))
-    return unnormalized / unnormalized.sum(axis=-1, keepdims=True)
-
-
-def _shifted(z: np.ndarray, temperature: float) -> np.ndarray:
-    """``z / T - m`` computed as ``(z - max z) / T``: every entry is <= 0, and the row max gives exactly 0.
-
-    Shifting before dividing keeps huge logits exact: for ``[-1.7e308, 1.7e308]`` at ``T = 0.5``, ``z / T``
-    would overflow to ``[-inf, inf]`` (NaN after the shift), while ``z - max z`` is ``[-inf, 0]``. The row max is
-    finite (checked before), and a difference that overflows to ``-inf`` is a probability of exactly 0.
-    """
-    with np.errstate(over="ignore"):
-        return (z - z.max(axis=-1, keepdims=True)) / temperature
-
-
 def _cross_entropy_rows(s: np.ndarray, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``CE_i = -log softmax(s_i)_{y_i}`` on valid rows, 0 on ignored rows."""
-    log_q = _log_softmax_rows(s, 1.0)
+    log_q = log_softmax_rows(s, 1.0)
     label_or_zero = np.where(valid, y, 0)  # any in-range column; ignored rows are discarded below
     log_q_label = np.take_along_axis(log_q, label_or_zero[:, None], axis=-1)[:, 0]
     return np.where(valid, -log_q_label, 0.0)
@@ -136,8 +114,8 @@ def _kl_rows(s: np.ndarray, t: np.ndarray, temperature: float) -> np.ndarray:
 
     Terms with ``p_v == 0`` are exactly 0.
     """
-    log_p = _log_softmax_rows(t, temperature)
-    log_q = _log_softmax_rows(s, temperature)
+    log_p = log_softmax_rows(t, temperature)
+    log_q = log_softmax_rows(s, temperature)
     p = np.exp(log_p)
     support = p > 0.0  # outside the teacher's support the term is 0 (never 0 * -inf = NaN)
     terms = np.zeros_like(p)
@@ -170,8 +148,8 @@ def _kd_gradient_rows(
     """
     vocab = s.shape[-1]
     one_hot = (np.arange(vocab)[None, :] == y[:, None]).astype(np.float64)
-    hard = _softmax_rows(s, 1.0) - one_hot
-    soft = temperature * (_softmax_rows(s, temperature) - _softmax_rows(t, temperature))
+    hard = softmax_rows(s, 1.0) - one_hot
+    soft = temperature * (softmax_rows(s, temperature) - softmax_rows(t, temperature))
     gradient = alpha * hard + (1.0 - alpha) * soft
     return np.where(valid[:, None], gradient, 0.0)
 
@@ -260,7 +238,7 @@ def softmax(logits: ArrayLike, temperature: float = 1.0) -> np.ndarray:
     """
     temperature = check_temperature(temperature)
     z = _validated_logits("logits", logits)
-    return _softmax_rows(z, temperature)
+    return softmax_rows(z, temperature)
 
 
 def log_softmax(logits: ArrayLike, temperature: float = 1.0) -> np.ndarray:
@@ -270,7 +248,7 @@ def log_softmax(logits: ArrayLike, temperature: float = 1.0) -> np.ndarray:
     """
     temperature = check_temperature(temperature)
     z = _validated_logits("logits", logits)
-    return _log_softmax_rows(z, temperature)
+    return log_softmax_rows(z, temperature)
 
 
 def cross_entropy(

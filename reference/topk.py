@@ -35,7 +35,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from reference import checks
-from reference.divergences import TOPK_DIVERGENCE_NAMES, Divergence, check_divergence, log_softmax_rows
+from reference.divergences import TOPK_DIVERGENCE_NAMES, Divergence, check_divergence
+from reference.rows import log_softmax_rows
 
 TOPK_MODES: tuple[str, ...] = ("tail", "renormalize")
 
