@@ -172,7 +172,7 @@ def test_on_policy_batch_scored_by_the_api_teacher():
     from distill.teacher_server import ScoringModel, create_app, load_model, running_server
     from distill.teachers.api import APITeacher
     from distill.teachers.tokens import ByteVocab
-    from distill.teachers.topk import topk_from_logits
+    from distill.teachers.base import sequence_topk
 
     config = Path(__file__).parent / "data" / "teacher_tiny_llama.json"
     teacher_model, student = load_model(str(config), seed=0), load_model(str(config), seed=1)
@@ -184,5 +184,5 @@ def test_on_policy_batch_scored_by_the_api_teacher():
         topk = APITeacher(url, vocab, k=5).score_batch(batch.input_ids.numpy(), batch.attention_mask.numpy())
     for b in range(2):
         with torch.no_grad():
-            expected = topk_from_logits(teacher_model(batch.input_ids[b : b + 1]).logits[0], 5)
+            expected = sequence_topk(teacher_model(batch.input_ids[b : b + 1]).logits[0], 5)
         np.testing.assert_allclose(topk.logprobs[b, :9], expected.logprobs, atol=1e-5)

@@ -27,7 +27,7 @@ from distill.teachers.api import (  # noqa: E402
     parse_prompt_logprobs,
 )
 from distill.teachers.tokens import ByteVocab  # noqa: E402
-from distill.teachers.topk import canonical, topk_from_logits  # noqa: E402
+from distill.teachers.base import canonical, sequence_topk  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "teacher_tiny_llama.json"
@@ -54,7 +54,7 @@ def server(model, vocab):
 
 def in_process(model, sequence, k=K):
     with torch.no_grad():
-        return canonical(topk_from_logits(model(torch.tensor([sequence])).logits[0], k))
+        return canonical(sequence_topk(model(torch.tensor([sequence])).logits[0], k))
 
 
 SEQUENCES = [list(b"the teacher speaks"), list(b"ok"), list(b"!"), [0, 255, 256, 259, 7], list(b"a" * 40)]

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("safetensors")
 
 from distill.teacher_cache import CachedTeacher, CacheError, TeacherCache, sequence_key
-from distill.teachers.topk import TopK
+from distill.teachers.base import TopK
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 3
