@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from distill.teacher_server import load_model  # noqa: E402
 from distill.teachers.api import APITeacher, RetryPolicy  # noqa: E402
-from distill.teachers.tokens import ByteVocab  # noqa: E402
 from distill.teachers.base import canonical, sequence_topk  # noqa: E402
+from distill.teachers.tokens import ByteVocab  # noqa: E402
 
 CONFIG = ROOT / "tests" / "data" / "teacher_tiny_llama.json"
 

@@ -344,7 +344,8 @@ def _teacher(options: Options, student: Any, tokenizer_path: Any) -> Any:
 
         cache = TeacherCache.open(options.args.teacher_cache)
         if options.teacher_k is not None and options.teacher_k != cache.k:
-            raise ValueError(f"--teacher-k {options.teacher_k}: the cache {options.args.teacher_cache} holds K={cache.k}")
+            raise ValueError(f"--teacher-k {options.teacher_k}: the cache {options.args.teacher_cache} holds "
+                             f"K={cache.k}; pass --teacher-k {cache.k} or leave it out")
         return CachedTeacher(cache, vocab_size=output_vocab_size(student))
     if options.teacher is None:
         return None

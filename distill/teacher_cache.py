@@ -98,7 +98,7 @@ class TeacherCache:
             self._index = {"format": FORMAT, "fingerprint": fingerprint, "k": k, "shards": {}, "entries": {}}
 
     @classmethod
-    def open(cls, root: str | Path) -> "TeacherCache":
+    def open(cls, root: str | Path) -> TeacherCache:
         """An existing cache, whatever teacher and K it holds (to replay it without the teacher)."""
         index_path = Path(root) / "index.json"
         try:

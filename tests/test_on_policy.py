@@ -171,8 +171,8 @@ def test_on_policy_batch_scored_by_the_api_teacher():
 
     from distill.teacher_server import ScoringModel, create_app, load_model, running_server
     from distill.teachers.api import APITeacher
-    from distill.teachers.tokens import ByteVocab
     from distill.teachers.base import sequence_topk
+    from distill.teachers.tokens import ByteVocab
 
     config = Path(__file__).parent / "data" / "teacher_tiny_llama.json"
     teacher_model, student = load_model(str(config), seed=0), load_model(str(config), seed=1)

@@ -26,8 +26,8 @@ from distill.teachers.api import (  # noqa: E402
     parse_echo,
     parse_prompt_logprobs,
 )
-from distill.teachers.tokens import ByteVocab  # noqa: E402
 from distill.teachers.base import canonical, sequence_topk  # noqa: E402
+from distill.teachers.tokens import ByteVocab  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "teacher_tiny_llama.json"

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distill.teachers.tokens import TOKEN_ID_PREFIX, TokenVocab
 from distill.teachers.base import TokenBatch, TopK, empty_topk, pad_rows, sequences_from_batch
+from distill.teachers.tokens import TOKEN_ID_PREFIX, TokenVocab
 
 PROBE_TEXT = "The quick brown fox jumps over 13 lazy dogs.\n\tcafé, naïve: 日本語 🙂"
 
