@@ -215,8 +215,8 @@ class CachedTeacher:
     ``upstream`` only for what is missing.
 
     With ``upstream=None`` it replays only: a sequence that is not cached (or whose shard failed its checksum)
-    is a :class:`CacheError`; ``vocab_size`` then says how wide the cached teacher's distribution is (default:
-    ``upstream.vocab_size``).
+    is a :class:`CacheError`. ``vocab_size`` (default ``upstream.vocab_size``): how wide the cached teacher's
+    distribution is.
     """
 
     kind = "topk"
@@ -224,11 +224,8 @@ class CachedTeacher:
     def __init__(self, cache: TeacherCache, upstream: Teacher | None = None, *, vocab_size: int | None = None) -> None:
         self.cache, self.upstream, self.k = cache, upstream, cache.k
         self.stats = CacheStats()
-        if vocab_size is None:
-            vocab_size = getattr(upstream, "vocab_size", None)
-        if vocab_size is None:
-            raise CacheError("a replay-only teacher cache needs the teacher's vocab_size")
-        self.vocab_size = int(vocab_size)
+        # The teacher interface needs it (a training loop checks it against the student's); score() does not.
+        self.vocab_size: int | None = vocab_size if vocab_size is not None else getattr(upstream, "vocab_size", None)
         self.name = f"teacher cache {cache.root}"
 
     @property
