@@ -66,7 +66,7 @@ def assert_same_run(cwd: Path, expected: tuple[str, list[dict]], got: tuple[str,
     assert worst <= TOLERANCE, (dir_, worst)
 
 
-@pytest.mark.falsifier_id("FT-API-EQUAL-001")
+@pytest.mark.falsifier_id("F-API-EQUAL-001")
 def test_distill_through_the_server_equals_the_in_process_topk_teacher(tmp_path: Path) -> None:
     (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
     teacher_dir = tmp_path / "teacher"  # the teacher `python -m distill --seed 3` builds (seeded seed + 1)

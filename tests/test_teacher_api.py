@@ -173,8 +173,11 @@ def test_retries_give_up_with_a_sentence(model, vocab):
     assert teacher.stats.retries["HTTP 500"] == 3 and teacher.stats.attempts == 4
 
 
-def test_faults_are_retried_nothing_dropped_or_duplicated(model, vocab):
+@pytest.mark.falsifier_id("F-API-FAULTS-001")
+def test_faults_are_retried_nothing_dropped_or_duplicated():
     """A bounded fault-injection run: every answer arrives once, equal to the model's, and retries are counted."""
+    model = load_model(str(CONFIG), seed=0)
+    vocab = ByteVocab(model.config.vocab_size)
     plan = FaultPlan(drop=0.06, error=0.06, throttle=0.06, stall=0.03, stall_seconds=3.0, seed=1)
     rng = np.random.default_rng(0)
     sequences = [rng.integers(0, 260, size=int(rng.integers(2, 24))).tolist() for _ in range(160)]
@@ -197,6 +200,7 @@ def test_faults_are_retried_nothing_dropped_or_duplicated(model, vocab):
     assert teacher.stats.attempts == len(sequences) + teacher.stats.total_retries
 
 
+@pytest.mark.falsifier_id("F-API-PAYLOAD-001")
 @pytest.mark.parametrize("case", CORPUS["cases"], ids=[c["name"] for c in CORPUS["cases"]])
 def test_malformed_payload_gives_one_line_error(case):
     spelling = _Spelling(ByteVocab(260))
