@@ -395,6 +395,22 @@ def _describe(label: str, figures: dict) -> str:
     return f"{label}: perplexity {figures['perplexity']:.2f}{kl}"
 
 
+def _describe_teacher(teacher: Any) -> str:
+    """What a remote or cached teacher cost: requests and retries, cache hits and sequences scored."""
+    from distill.teacher_cache import CachedTeacher
+
+    lines, api = [], teacher
+    if isinstance(teacher, CachedTeacher):
+        lines.append(f"Teacher cache: {teacher.stats.hits} sequences replayed, {teacher.stats.fetched} scored and "
+                     "written")
+        api = teacher.upstream
+    stats = getattr(api, "stats", None)
+    if stats is not None and hasattr(stats, "attempts"):
+        lines.append(f"Teacher API: {stats.answered} answers, {stats.attempts} requests, "
+                     f"{stats.total_retries} retries")
+    return "".join(line + "\n" for line in lines)
+
+
 def _main(argv: Sequence[str] | None, env: Mapping[str, str], stdout: TextIO, stderr: TextIO,
           cwd: str | os.PathLike[str] | None) -> tuple[int, Path | None]:
     parser = build_parser(stdout, stderr)
@@ -456,6 +472,11 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str], stdout: TextIO, st
         m = result.metrics
         stdout.write(f"Loss {m.initial_loss:.4f} -> {m.final_loss:.4f} over {m.steps_completed} steps "
                      f"in {m.duration_s:.1f}s\n")
+    if session.trainer.on_policy is not None:
+        sampled = sum(1 for r in result.records if r.get("on_policy"))
+        stdout.write(f"On-policy steps: {sampled} of {len(result.records)} "
+                     f"(--on-policy-fraction {session.trainer.on_policy.schedule.fraction})\n")
+    stdout.write(_describe_teacher(session.teacher))
     dropped = [r["teacher_mass_dropped"] for r in result.records if "teacher_mass_dropped" in r]
     if dropped:
         stdout.write(f"--vocab-align truncate dropped {sum(dropped) / len(dropped):.6f} of the teacher's probability "

@@ -209,6 +209,14 @@ def test_trainer_lambda_zero_never_samples_and_one_always_does(fraction):
         return original(inputs, normalizer)
 
     t.micro_loss = spy
+    written_ids = []
+    step_inputs = t.step_inputs
+
+    def spy_inputs(batch, labels=None):
+        written_ids.append(batch.input_ids)
+        return step_inputs(batch, labels)
+
+    t.step_inputs = spy_inputs
     stream = t.chunks.batches(2, seed=0, epoch=1)
     batches = [next(stream) for _ in range(6)]
     records = [t.train_step([batch], step) for step, batch in enumerate(batches)]
@@ -217,7 +225,8 @@ def test_trainer_lambda_zero_never_samples_and_one_always_does(fraction):
     for inputs, record, batch in zip(seen, records, batches):
         valid = int((inputs.labels != -100).sum())
         assert record["tokens"] == valid
-        if fraction == 1.0:
+        if fraction == 1.0:  # 4 prompt tokens, then 5 sampled ones: rows 3..7 learn tokens 4..8
             assert valid == 2 * 5 and inputs.student.shape[1] == 4 + 5
+            assert torch.equal(inputs.labels[:, 3:8], written_ids.pop(0)[:, 4:9])
         else:
             assert torch.equal(inputs.labels, next_token_labels(batch))
