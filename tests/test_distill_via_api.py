@@ -86,3 +86,25 @@ def test_distill_through_the_server_equals_the_in_process_topk_teacher(tmp_path:
         assert_same_run(tmp_path, in_process, filled)
     # The server is gone: the cache alone replays the whole run, on-policy samples included.
     assert_same_run(tmp_path, in_process, ("replay", distill(tmp_path, "replay", "--teacher-cache", "cache")))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--teacher", "llama-teacher", "--teacher-url", "http://127.0.0.1:9"], "name two teachers: give one of them"),
+    (["--teacher-k", "4", "--topk-mode", "tail", "--temperature", "2"], "--topk-mode tail needs --temperature 1"),
+    (["--teacher-k", "0"], "--teacher-k='0' is below 1"),
+    (["--teacher-url", "ftp://x"], "expected http://HOST:PORT"),
+    (["--teacher-url", "http://127.0.0.1:9", "--teacher-timeout", "1"], "cannot connect"),
+    (["--teacher-cache", "no-such-cache"], "cannot read the index"),
+    (["--teacher", "none", "--alpha", "1", "--on-policy-fraction", "0.5"], "needs a teacher"),
+    (["--on-policy-fraction", "1.5"], "--on-policy-fraction 1.5: must be in [0, 1]"),
+])
+def test_teacher_and_on_policy_flags_fail_in_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
+    from distill.cli import run
+
+    (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
+    outcome = run(["--data", str(tmp_path / "corpus.txt"), "--seq-len", "16", "--batch-size", "2",
+                   "--output-dir", str(tmp_path / "out"), *flags], {}, cwd=tmp_path)
+    assert outcome.exit_code == 2, outcome
+    assert outcome.stderr.count("\n") == 1 and outcome.stderr.startswith("error: "), outcome.stderr
+    assert message in outcome.stderr, outcome.stderr
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
