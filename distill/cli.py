@@ -67,6 +67,11 @@ models (--student, --teacher): a shipped config (llama-tiny, llama-teacher, qwen
 seeded from --seed: the student with --seed, a built teacher with --seed + 1), a .json config, or a folder
 with config.json and model.safetensors. --teacher none trains with CE only (needs --alpha 1).
 
+top-k teachers (trained through the backend's topk_divergence): --teacher SPEC --teacher-k K (in-process),
+--teacher-url URL (an OpenAI-compatible server: vLLM, python -m reference.teacher_server), optionally with
+--teacher-cache DIR, or --teacher-cache DIR alone (replay). --on-policy-fraction LAMBDA mixes in batches the
+student writes (see the on-policy flags).
+
 environment variables (a flag wins over its variable; an empty variable counts as unset):
   {settings.ENV_MAX_STEPS}=N         same as --max-steps N
   {settings.ENV_LOG_EVERY}=N         same as --log-every N
