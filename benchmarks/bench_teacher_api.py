@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from distill.teacher_server import load_model  # noqa: E402
 from distill.teachers.api import APITeacher, RetryPolicy  # noqa: E402
+from distill.teachers.base import canonical, sequence_topk  # noqa: E402
 from distill.teachers.tokens import ByteVocab  # noqa: E402
-from distill.teachers.topk import canonical, topk_from_logits  # noqa: E402
 
 CONFIG = ROOT / "tests" / "data" / "teacher_tiny_llama.json"
 
@@ -108,7 +108,7 @@ def main() -> int:
     sequences = [rng.integers(0, vocab.vocab_size, size=int(rng.integers(2, args.max_length + 1))).tolist()
                  for _ in range(args.requests)]
     with torch.no_grad():
-        expected = [canonical(topk_from_logits(model(torch.tensor([s])).logits[0], args.k)) for s in sequences]
+        expected = [canonical(sequence_topk(model(torch.tensor([s])).logits[0], args.k)) for s in sequences]
     clean, ok_clean = run("no faults", "", args, sequences, expected, vocab)
     faulty, ok_faulty = run(f"faults {args.faults}", args.faults, args, sequences, expected, vocab)
     print(f"throughput with faults / without: {faulty / clean:.3f}")

@@ -67,6 +67,11 @@ models (--student, --teacher): a shipped config (llama-tiny, llama-teacher, qwen
 seeded from --seed: the student with --seed, a built teacher with --seed + 1), a .json config, or a folder
 with config.json and model.safetensors. --teacher none trains with CE only (needs --alpha 1).
 
+top-k teachers (trained through the backend's topk_divergence): --teacher SPEC --teacher-k K (in-process),
+--teacher-url URL (an OpenAI-compatible server: vLLM, python -m reference.teacher_server), optionally with
+--teacher-cache DIR, or --teacher-cache DIR alone (replay). --on-policy-fraction LAMBDA mixes in batches the
+student writes (see the on-policy flags).
+
 environment variables (a flag wins over its variable; an empty variable counts as unset):
   {settings.ENV_MAX_STEPS}=N         same as --max-steps N
   {settings.ENV_LOG_EVERY}=N         same as --log-every N
@@ -150,6 +155,14 @@ def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
         help="torch intra-op threads (default: torch's choice; 1 is fastest on a busy machine)")
     add("--progress", action=argparse.BooleanOptionalAction, default=None,
         help="tqdm bar on stderr (default: when stderr is a terminal)")
+    add("--topk-mode", metavar="MODE", choices=("tail", "renormalize"),
+        help="top-k teacher loss (--teacher-k, --teacher-url, --teacher-cache): tail (the rest of the mass as one "
+        "bucket; needs --temperature 1) or renormalize (default: tail at --temperature 1, else renormalize)")
+    from distill.on_policy import add_on_policy_arguments
+    from distill.teachers.options import add_api_teacher_arguments
+
+    add_api_teacher_arguments(parser)
+    add_on_policy_arguments(parser)
     return parser
 
 
@@ -171,6 +184,9 @@ class Options:
     progress: bool | None
     threads: int | None
     train: Any  # distill.train.TrainConfig
+    teacher_source: str  # "model" (in-process), "api" (--teacher-url) or "cache" (replay --teacher-cache)
+    teacher_k: int | None
+    args: argparse.Namespace  # for the teacher-API and on-policy helpers, which validate their own flags
 
 
 def _get(args: argparse.Namespace, name: str, parse: Any, default: Any) -> Any:
@@ -186,7 +202,21 @@ def _options(args: argparse.Namespace, env: Mapping[str, str], cwd: str | os.Pat
     output_dir = s.output_dir("--output-dir", display, cwd)
     max_steps = s.max_steps(args.max_steps, env)
     log_every = s.log_every(args.log_every, env)
+    source = "api" if args.teacher_url is not None else "cache" if args.teacher_cache is not None else "model"
+    if source != "model" and args.teacher is not None:
+        via = "--teacher-url" if source == "api" else "--teacher-cache"
+        raise s.SettingsError(f"--teacher {args.teacher} and {via} name two teachers: give one of them")
     teacher = D.teacher if args.teacher is None else args.teacher
+    if source == "api":
+        teacher = args.teacher_url
+    elif source == "cache":
+        teacher = f"cache {args.teacher_cache}"
+    teacher_k = _get(args, "teacher_k", s.positive_int, None)
+    temperature = _get(args, "temperature", s.positive_float, D.temperature)
+    topk_mode = args.topk_mode or ("tail" if temperature == 1.0 else "renormalize")
+    if topk_mode == "tail" and temperature != 1.0:
+        raise s.SettingsError(f"--topk-mode tail needs --temperature 1 (got {temperature}): pass --temperature 1, "
+                              "or --topk-mode renormalize")
     config = TrainConfig(
         epochs=_get(args, "epochs", s.positive_int, D.epochs),
         steps_per_epoch=_get(args, "steps_per_epoch", s.positive_int, None),
@@ -196,11 +226,12 @@ def _options(args: argparse.Namespace, env: Mapping[str, str], cwd: str | os.Pat
         weight_decay=_get(args, "weight_decay", _non_negative_float, D.weight_decay),
         warmup_steps=_get(args, "warmup_steps", s.non_negative_int, D.warmup_steps),
         clip_norm=_get(args, "clip_norm", s.positive_float, D.clip_norm),
-        temperature=_get(args, "temperature", s.positive_float, D.temperature),
+        temperature=temperature,
         alpha=_get(args, "alpha", s.unit_interval_float, D.alpha),
         seed=_get(args, "seed", s.non_negative_int, D.seed),
         max_steps=max_steps,
         checkpoint_every=_get(args, "checkpoint_every", s.positive_int, D.checkpoint_every),
+        topk_mode=topk_mode,
     )
     if teacher == "none" and config.alpha != 1.0:
         raise s.SettingsError(f"--teacher none trains with CE only: pass --alpha 1 (got --alpha {config.alpha})")
@@ -221,6 +252,9 @@ def _options(args: argparse.Namespace, env: Mapping[str, str], cwd: str | os.Pat
         progress=args.progress,
         threads=_get(args, "threads", s.positive_int, None),
         train=config,
+        teacher_source=source,
+        teacher_k=teacher_k,
+        args=args,
     )
 
 
@@ -253,7 +287,6 @@ def _build(options: Options, stdout: TextIO) -> Session:
     from backends.protocol import BackendError
     from distill.data import TOKENIZER_PATH, TokenChunks, load_documents, load_tokenizer, split_documents
     from distill.models import load_model
-    from distill.teachers.hf import HFTeacher
     from distill.train import Trainer
 
     if options.threads is not None:
@@ -267,15 +300,22 @@ def _build(options: Options, stdout: TextIO) -> Session:
     available = backend.available()
     if not available:
         raise ValueError(f"--backend {options.backend}: cannot run here: {available.reason}")
-    tokenizer = load_tokenizer(options.tokenizer or TOKENIZER_PATH)
+    tokenizer_path = options.tokenizer or TOKENIZER_PATH
+    tokenizer = load_tokenizer(tokenizer_path)
     train_docs, held_docs = split_documents(load_documents(options.data))
     train_chunks = TokenChunks(train_docs, tokenizer, options.seq_len)
     held_out = TokenChunks(held_docs, tokenizer, options.seq_len)
     seed = options.train.seed
     student = load_model(options.student, seed=seed, flag="--student")
-    teacher = None
-    if options.teacher is not None:
-        teacher = HFTeacher(load_model(options.teacher, seed=seed + 1, flag="--teacher"), name=options.teacher)
+    teacher = _teacher(options, student, tokenizer_path)
+    on_policy = None
+    from distill.on_policy import on_policy_from_args
+
+    sampler = on_policy_from_args(options.args, seed=seed)
+    if sampler.schedule.fraction > 0:
+        if teacher is None:
+            raise ValueError("--on-policy-fraction needs a teacher to score the student's samples")
+        on_policy = sampler
     trainer = Trainer(
         student,
         teacher,
@@ -287,8 +327,35 @@ def _build(options: Options, stdout: TextIO) -> Session:
         log_every=options.log_every,
         stdout=stdout,
         progress_bar=options.progress,
+        on_policy=on_policy,
     )
     return Session(student, teacher, train_chunks, held_out, tokenizer, backend, trainer)
+
+
+def _teacher(options: Options, student: Any, tokenizer_path: Any) -> Any:
+    """The teacher the options name: in-process (dense, or top-k with --teacher-k), behind an API, or replayed."""
+    from distill.models import load_model, output_vocab_size
+    from distill.teachers.hf import HFTeacher, HFTopKTeacher
+
+    if options.teacher_source == "api":
+        from distill.teachers.options import api_teacher_from_args
+        from distill.teachers.tokens import HFVocab
+
+        if options.args.teacher_k is None:
+            options.args.teacher_k = "20"
+        return api_teacher_from_args(options.args, HFVocab(tokenizer_path), vocab_size=output_vocab_size(student))
+    if options.teacher_source == "cache":
+        from distill.teacher_cache import CachedTeacher, TeacherCache
+
+        cache = TeacherCache.open(options.args.teacher_cache)
+        if options.teacher_k is not None and options.teacher_k != cache.k:
+            raise ValueError(f"--teacher-k {options.teacher_k}: the cache {options.args.teacher_cache} holds "
+                             f"K={cache.k}; pass --teacher-k {cache.k} or leave it out")
+        return CachedTeacher(cache, vocab_size=output_vocab_size(student))
+    if options.teacher is None:
+        return None
+    dense = HFTeacher(load_model(options.teacher, seed=options.train.seed + 1, flag="--teacher"), name=options.teacher)
+    return dense if options.teacher_k is None else HFTopKTeacher(dense, options.teacher_k)
 
 
 def _write_outputs(options: Options, session: Session, result: Any, before: dict, after: dict) -> None:
@@ -318,6 +385,7 @@ def _write_outputs(options: Options, session: Session, result: Any, before: dict
         "backend": options.backend,
         "data": options.data or "pydoc_data.topics",
         "config": asdict(options.train),
+        "on_policy_fraction": 0.0 if session.trainer.on_policy is None else session.trainer.on_policy.schedule.fraction,
         "steps": result.records[-1]["step"] if result.records else 0,
         "held_out_before": before,
         "held_out_after": after,
@@ -332,6 +400,22 @@ def _describe(label: str, figures: dict) -> str:
     return f"{label}: perplexity {figures['perplexity']:.2f}{kl}"
 
 
+def _describe_teacher(teacher: Any) -> str:
+    """What a remote or cached teacher cost: requests and retries, cache hits and sequences scored."""
+    from distill.teacher_cache import CachedTeacher
+
+    lines, api = [], teacher
+    if isinstance(teacher, CachedTeacher):
+        lines.append(f"Teacher cache: {teacher.stats.hits} sequences replayed, {teacher.stats.fetched} scored and "
+                     "written")
+        api = teacher.upstream
+    stats = getattr(api, "stats", None)
+    if stats is not None and hasattr(stats, "attempts"):
+        lines.append(f"Teacher API: {stats.answered} answers, {stats.attempts} requests, "
+                     f"{stats.total_retries} retries")
+    return "".join(line + "\n" for line in lines)
+
+
 def _main(argv: Sequence[str] | None, env: Mapping[str, str], stdout: TextIO, stderr: TextIO,
           cwd: str | os.PathLike[str] | None) -> tuple[int, Path | None]:
     parser = build_parser(stdout, stderr)
@@ -340,6 +424,9 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str], stdout: TextIO, st
     except _ParserExit as stop:
         return stop.status, None
     options: Options | None = None
+    from distill.teacher_cache import CacheError
+    from distill.teachers.api import TeacherAPIError
+
     try:
         options = _options(args, env, cwd)
         session = _build(options, stdout)
@@ -364,7 +451,7 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str], stdout: TextIO, st
     except OSError as error:
         stderr.write(f"error: could not write the outputs: {error}\n")
         return EXIT_WRITE_FAILED, None if options is None else options.output_dir
-    except ValueError as error:  # settings, data, model, vocabulary, checkpoint and loss errors
+    except (ValueError, TeacherAPIError, CacheError) as error:  # settings, data, model, teacher, loss errors
         message = " ".join(str(error).split())
         stderr.write(f"error: {message}\n")
         return EXIT_BAD_SETTING, None if options is None else options.output_dir
@@ -390,6 +477,11 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str], stdout: TextIO, st
         m = result.metrics
         stdout.write(f"Loss {m.initial_loss:.4f} -> {m.final_loss:.4f} over {m.steps_completed} steps "
                      f"in {m.duration_s:.1f}s\n")
+    if session.trainer.on_policy is not None:
+        sampled = sum(1 for r in result.records if r.get("on_policy"))
+        stdout.write(f"On-policy steps: {sampled} of {len(result.records)} "
+                     f"(--on-policy-fraction {session.trainer.on_policy.schedule.fraction})\n")
+    stdout.write(_describe_teacher(session.teacher))
     dropped = [r["teacher_mass_dropped"] for r in result.records if "teacher_mass_dropped" in r]
     if dropped:
         stdout.write(f"--vocab-align truncate dropped {sum(dropped) / len(dropped):.6f} of the teacher's probability "

@@ -149,7 +149,7 @@ def sample_continuations(model, prompts: list[list[int]], config: SamplingConfig
 def prompts_from_batch(input_ids, attention_mask=None, prompt_length: int = 8) -> list[list[int]]:
     """Prompts for a corpus without prompt/completion split: the first ``prompt_length`` tokens of each sequence
     (fewer when the sequence is shorter; at least one)."""
-    from distill.teachers.topk import sequences_from_batch
+    from distill.teachers.base import sequences_from_batch
 
     mask = None if attention_mask is None else np.asarray(attention_mask)
     sequences = sequences_from_batch(np.asarray(input_ids), mask)

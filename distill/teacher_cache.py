@@ -27,7 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-from distill.teachers.topk import TopK, pad_rows, sequences_from_batch
+from distill.teachers.base import TokenBatch, TopK, pad_rows, sequences_from_batch
 
 FORMAT = "kd-contracts teacher cache v1"
 
@@ -96,6 +96,18 @@ class TeacherCache:
             self._index = index
         else:
             self._index = {"format": FORMAT, "fingerprint": fingerprint, "k": k, "shards": {}, "entries": {}}
+
+    @classmethod
+    def open(cls, root: str | Path) -> TeacherCache:
+        """An existing cache, whatever teacher and K it holds (to replay it without the teacher)."""
+        index_path = Path(root) / "index.json"
+        try:
+            index = json.loads(index_path.read_text())
+            fingerprint, k = index["fingerprint"], index["k"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CacheError(f"teacher cache {index_path}: cannot read the index ({type(exc).__name__}); fill the "
+                             "cache with --teacher-url first") from None
+        return cls(root, fingerprint, k)
 
     def __len__(self) -> int:
         return len(self._index["entries"])
@@ -199,15 +211,37 @@ class CacheStats:
 
 
 class CachedTeacher:
-    """A teacher that replays from a :class:`TeacherCache` and asks ``upstream`` only for what is missing.
+    """A :class:`~distill.teachers.base.TopKTeacher` that replays from a :class:`TeacherCache` and asks
+    ``upstream`` only for what is missing.
 
     With ``upstream=None`` it replays only: a sequence that is not cached (or whose shard failed its checksum)
-    is a :class:`CacheError`.
+    is a :class:`CacheError`. ``vocab_size`` (default ``upstream.vocab_size``): how wide the cached teacher's
+    distribution is.
     """
 
-    def __init__(self, cache: TeacherCache, upstream: Teacher | None = None) -> None:
+    kind = "topk"
+
+    def __init__(self, cache: TeacherCache, upstream: Teacher | None = None, *, vocab_size: int | None = None) -> None:
         self.cache, self.upstream, self.k = cache, upstream, cache.k
         self.stats = CacheStats()
+        # The teacher interface needs it (a training loop checks it against the student's); score() does not.
+        self.vocab_size: int | None = vocab_size if vocab_size is not None else getattr(upstream, "vocab_size", None)
+        self.name = f"teacher cache {cache.root}"
+
+    @property
+    def top_k(self) -> int:
+        return self.k
+
+    @property
+    def fingerprint(self) -> str:
+        return self.cache.fingerprint
+
+    def topk(self, batch: TokenBatch) -> TopK:
+        """The teacher interface: ``batch`` answered from the cache (and ``upstream``), torch ``[B, L, K]``."""
+        import torch
+
+        pair = self.score_batch(batch.input_ids, batch.attention_mask)
+        return TopK(torch.from_numpy(pair.logprobs), torch.from_numpy(pair.ids))
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[TopK]:
         keys = [sequence_key(s) for s in sequences]
@@ -256,9 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     index_path = Path(args.root) / "index.json"
     try:
-        index = json.loads(index_path.read_text())
-        cache = TeacherCache(args.root, index["fingerprint"], index["k"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, CacheError) as exc:
+        cache = TeacherCache.open(args.root)
+    except CacheError as exc:
         print(f"error: teacher cache {index_path}: cannot read the index ({exc})", file=sys.stderr)
         return 2
     bad = cache.verify()

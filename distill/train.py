@@ -152,6 +152,7 @@ class Trainer:
         stdout: TextIO | None = None,
         progress_bar: bool | None = None,
         description: str = "distill",
+        on_policy: Any = None,
     ) -> None:
         if teacher is None and config.alpha != 1.0:
             raise ValueError(f"without a teacher only CE training (--alpha 1) is possible, got alpha {config.alpha}")
@@ -165,6 +166,7 @@ class Trainer:
         self.progress = ProgressCallback(log_every, self.stdout)
         self.progress_bar = progress_bar
         self.description = description
+        self.on_policy = on_policy  # a distill.on_policy.OnPolicySampler, or None for dataset batches only
         self.student_vocab = output_vocab_size(student)
         if chunks.vocab_size > self.student_vocab:
             raise VocabError(
@@ -201,9 +203,10 @@ class Trainer:
     # One micro-batch, one step
     # ------------------------------------------------------------------------------------------------------
 
-    def step_inputs(self, batch: TokenBatch) -> StepInputs:
-        """The loss inputs of ``batch``: what :meth:`micro_loss` feeds the backend, nothing changed after."""
-        labels = next_token_labels(batch, IGNORE_INDEX)
+    def step_inputs(self, batch: TokenBatch, labels: torch.Tensor | None = None) -> StepInputs:
+        """The loss inputs of ``batch``: what :meth:`micro_loss` feeds the backend, nothing changed after.
+        ``labels`` (row ``l``: the token ``l + 1`` to learn, or -100) default to the batch's next tokens."""
+        labels = next_token_labels(batch, IGNORE_INDEX) if labels is None else labels
         logits = student_logits(self.student, batch)
         if self.teacher is None:
             return StepInputs(logits, None, labels)
@@ -245,16 +248,31 @@ class Trainer:
         )
         return float((rows * (inputs.labels != IGNORE_INDEX)).sum())
 
-    def train_step(self, micro_batches: list[TokenBatch]) -> dict[str, Any]:
-        """One optimizer step over ``micro_batches``; returns the step's record (loss per valid token, ...)."""
+    def _on_policy(self, step: int, micro_batches: list[TokenBatch]) -> list[tuple[TokenBatch, torch.Tensor]] | None:
+        """The student-written micro-batches of ``step`` with their labels, or None for the dataset's."""
+        if self.on_policy is None or not self.on_policy.schedule.is_on_policy(step):
+            return None
+        out = []
+        for batch in micro_batches:
+            sampled = self.on_policy.maybe_sample(step, self.student, batch.input_ids, batch.attention_mask)
+            written = TokenBatch(sampled.input_ids, sampled.attention_mask)
+            labels = torch.full_like(sampled.labels, IGNORE_INDEX)
+            labels[:, :-1] = sampled.labels[:, 1:]  # row l learns token l + 1: the sampled tokens only
+            out.append((written, labels))
+        return out
+
+    def train_step(self, micro_batches: list[TokenBatch], step: int = 0) -> dict[str, Any]:
+        """One optimizer step over ``micro_batches`` (replaced by student-written ones when the on-policy
+        schedule picks ``step``, 0-based); returns the step's record (loss per valid token, ...)."""
+        sampled = self._on_policy(step, micro_batches)
+        pairs = sampled or [(b, next_token_labels(b)) for b in micro_batches]
         self.student.train()
-        labels = [next_token_labels(b) for b in micro_batches]
-        tokens = sum(valid_token_count(y) for y in labels)
+        tokens = sum(valid_token_count(y) for _, y in pairs)
         normalizer = float(max(tokens, 1))
         loss_total, kl_total, dropped_total = 0.0, 0.0, 0.0
         has_kl = has_dropped = False
-        for batch in micro_batches:
-            inputs = self.step_inputs(batch)
+        for batch, batch_labels in pairs:
+            inputs = self.step_inputs(batch, batch_labels)
             loss = self.micro_loss(inputs, normalizer)
             loss.backward()
             loss_total += float(loss.detach())
@@ -275,6 +293,8 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"loss": loss_total, "lr": lr, "grad_norm": grad_norm, "tokens": tokens}
+        if self.on_policy is not None:
+            record["on_policy"] = sampled is not None
         record["kl"] = kl_total / normalizer if has_kl else None
         if has_dropped:
             record["teacher_mass_dropped"] = dropped_total / normalizer
@@ -370,7 +390,7 @@ class Trainer:
                 for micro in self._micro_batches(epoch, first):
                     if step >= total:
                         break
-                    record = self.train_step(micro)
+                    record = self.train_step(micro, step)
                     step += 1
                     record = {"step": step, "epoch": epoch, **record, "elapsed": time.perf_counter() - begin}
                     records.append(record)

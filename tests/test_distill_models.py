@@ -267,12 +267,12 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path) -> None:
     calls = 0
     original = again.train_step
 
-    def interrupted(micro):
+    def interrupted(micro, step):
         nonlocal calls
         calls += 1
         if calls == 3:
             raise KeyboardInterrupt
-        return original(micro)
+        return original(micro, step)
 
     again.train_step = interrupted
     with pytest.raises(KeyboardInterrupt):

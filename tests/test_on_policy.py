@@ -25,6 +25,7 @@ def hoeffding(n: int, delta: float = 1e-6) -> float:
     return math.sqrt(math.log(2 / delta) / (2 * n))
 
 
+@pytest.mark.falsifier_id("F-API-ONPOLICY-001")
 @pytest.mark.parametrize("fraction", [0.05, 0.3, 0.5, 0.9])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_share_of_on_policy_batches_is_within_a_binomial_bound(fraction, seed):
@@ -33,6 +34,7 @@ def test_share_of_on_policy_batches_is_within_a_binomial_bound(fraction, seed):
     assert abs(share - fraction) <= hoeffding(n), (share, fraction, hoeffding(n))
 
 
+@pytest.mark.falsifier_id("F-API-ONPOLICY-002")
 @pytest.mark.parametrize("seed", range(5))
 def test_lambda_zero_never_samples_and_one_always_does(seed):
     assert not any(OnPolicySchedule(0.0, seed).is_on_policy(s) for s in range(3000))
@@ -126,6 +128,7 @@ def test_masks_follow_trl_prompt_padding_and_eos():
     assert batch.labels.tolist() == [[-100, -100, -100, 2, eos, -100, -100], [-100, 2, eos, -100, -100, -100, -100]]
 
 
+@pytest.mark.falsifier_id("F-API-ONPOLICY-004")
 @pytest.mark.parametrize("fraction, expect_calls", [(0.0, False), (1.0, True)])
 def test_sampler_hook_never_or_always_calls_the_student(fraction, expect_calls):
     model = Bigram(torch.randn(10, 10))
@@ -171,8 +174,8 @@ def test_on_policy_batch_scored_by_the_api_teacher():
 
     from distill.teacher_server import ScoringModel, create_app, load_model, running_server
     from distill.teachers.api import APITeacher
+    from distill.teachers.base import sequence_topk
     from distill.teachers.tokens import ByteVocab
-    from distill.teachers.topk import topk_from_logits
 
     config = Path(__file__).parent / "data" / "teacher_tiny_llama.json"
     teacher_model, student = load_model(str(config), seed=0), load_model(str(config), seed=1)
@@ -184,5 +187,46 @@ def test_on_policy_batch_scored_by_the_api_teacher():
         topk = APITeacher(url, vocab, k=5).score_batch(batch.input_ids.numpy(), batch.attention_mask.numpy())
     for b in range(2):
         with torch.no_grad():
-            expected = topk_from_logits(teacher_model(batch.input_ids[b : b + 1]).logits[0], 5)
+            expected = sequence_topk(teacher_model(batch.input_ids[b : b + 1]).logits[0], 5)
         np.testing.assert_allclose(topk.logprobs[b, :9], expected.logprobs, atol=1e-5)
+
+
+@pytest.mark.falsifier_id("F-API-ONPOLICY-003")
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_trainer_lambda_zero_never_samples_and_one_always_does(fraction):
+    """In the training loop: LAMBDA = 0 trains on every dataset batch, LAMBDA = 1 on student samples only, whose
+    rows learn exactly the sampled tokens (batch x max_new_tokens of them, the prompt masked)."""
+    from distill.alignment import next_token_labels
+    from tests import distill_helpers as h
+
+    t = h.trainer(batch_size=2, steps_per_epoch=3, alpha=0.5, temperature=1.0)
+    t.on_policy = OnPolicySampler(fraction, SamplingConfig(max_new_tokens=5), seed=0, prompt_length=4)
+    seen = []
+    original = t.micro_loss
+
+    def spy(inputs, normalizer):
+        seen.append(inputs)
+        return original(inputs, normalizer)
+
+    t.micro_loss = spy
+    written_ids = []
+    step_inputs = t.step_inputs
+
+    def spy_inputs(batch, labels=None):
+        written_ids.append(batch.input_ids)
+        return step_inputs(batch, labels)
+
+    t.step_inputs = spy_inputs
+    stream = t.chunks.batches(2, seed=0, epoch=1)
+    batches = [next(stream) for _ in range(6)]
+    records = [t.train_step([batch], step) for step, batch in enumerate(batches)]
+    assert [r["on_policy"] for r in records] == [fraction == 1.0] * 6
+    assert t.on_policy.sampled_steps == (6 if fraction == 1.0 else 0)
+    for inputs, record, batch in zip(seen, records, batches):
+        valid = int((inputs.labels != -100).sum())
+        assert record["tokens"] == valid
+        if fraction == 1.0:  # 4 prompt tokens, then 5 sampled ones: rows 3..7 learn tokens 4..8
+            assert valid == 2 * 5 and inputs.student.shape[1] == 4 + 5
+            assert torch.equal(inputs.labels[:, 3:8], written_ids.pop(0)[:, 4:9])
+        else:
+            assert torch.equal(inputs.labels, next_token_labels(batch))

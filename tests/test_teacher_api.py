@@ -26,8 +26,8 @@ from distill.teachers.api import (  # noqa: E402
     parse_echo,
     parse_prompt_logprobs,
 )
+from distill.teachers.base import canonical, sequence_topk  # noqa: E402
 from distill.teachers.tokens import ByteVocab  # noqa: E402
-from distill.teachers.topk import canonical, topk_from_logits  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 CONFIG = DATA / "teacher_tiny_llama.json"
@@ -54,7 +54,7 @@ def server(model, vocab):
 
 def in_process(model, sequence, k=K):
     with torch.no_grad():
-        return canonical(topk_from_logits(model(torch.tensor([sequence])).logits[0], k))
+        return canonical(sequence_topk(model(torch.tensor([sequence])).logits[0], k))
 
 
 SEQUENCES = [list(b"the teacher speaks"), list(b"ok"), list(b"!"), [0, 255, 256, 259, 7], list(b"a" * 40)]
@@ -173,8 +173,11 @@ def test_retries_give_up_with_a_sentence(model, vocab):
     assert teacher.stats.retries["HTTP 500"] == 3 and teacher.stats.attempts == 4
 
 
-def test_faults_are_retried_nothing_dropped_or_duplicated(model, vocab):
+@pytest.mark.falsifier_id("F-API-FAULTS-001")
+def test_faults_are_retried_nothing_dropped_or_duplicated():
     """A bounded fault-injection run: every answer arrives once, equal to the model's, and retries are counted."""
+    model = load_model(str(CONFIG), seed=0)
+    vocab = ByteVocab(model.config.vocab_size)
     plan = FaultPlan(drop=0.06, error=0.06, throttle=0.06, stall=0.03, stall_seconds=3.0, seed=1)
     rng = np.random.default_rng(0)
     sequences = [rng.integers(0, 260, size=int(rng.integers(2, 24))).tolist() for _ in range(160)]
@@ -197,6 +200,7 @@ def test_faults_are_retried_nothing_dropped_or_duplicated(model, vocab):
     assert teacher.stats.attempts == len(sequences) + teacher.stats.total_retries
 
 
+@pytest.mark.falsifier_id("F-API-PAYLOAD-001")
 @pytest.mark.parametrize("case", CORPUS["cases"], ids=[c["name"] for c in CORPUS["cases"]])
 def test_malformed_payload_gives_one_line_error(case):
     spelling = _Spelling(ByteVocab(260))

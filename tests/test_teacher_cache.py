@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("safetensors")
 
 from distill.teacher_cache import CachedTeacher, CacheError, TeacherCache, sequence_key
-from distill.teachers.topk import TopK
+from distill.teachers.base import TopK
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 3
@@ -83,6 +83,7 @@ def test_duplicates_within_a_batch_are_scored_once(tmp_path):
     assert_same(answers, TableTeacher().score([[1, 2, 3], [4, 5], [1, 2, 3]]))
 
 
+@pytest.mark.falsifier_id("F-API-CACHE-001")
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_corrupt_shard_is_detected_and_refetched(tmp_path, damage):
     data = batches(n_batches=3)

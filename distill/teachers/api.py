@@ -10,7 +10,7 @@ Two ways to ask for the prompt's top-k log-probabilities, both with the prompt s
   ``choices[i].prompt_logprobs``, null at position 0, then ``{token id: {logprob, rank, decoded_token}}``.
 
 Position ``p >= 1`` is the distribution of prompt token ``p`` given tokens ``0 .. p-1``, which is row ``p - 1``
-of the :class:`~distill.teachers.topk.TopK` answer (see that module for the alignment). Servers add the prompt's
+of the :class:`~distill.teachers.base.TopK` answer (see that module for the alignment). Servers add the prompt's
 own token to a position's alternatives when it is not in the top K; the K largest are kept.
 
 Every answer is checked; a malformed one raises :class:`PayloadError`, one line naming the sequence and the
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from distill.teachers.base import TokenBatch, TopK, empty_topk, pad_rows, sequences_from_batch
 from distill.teachers.tokens import TOKEN_ID_PREFIX, TokenVocab
-from distill.teachers.topk import TopK, empty_topk, pad_rows, sequences_from_batch
 
 PROBE_TEXT = "The quick brown fox jumps over 13 lazy dogs.\n\tcafé, naïve: 日本語 🙂"
 
@@ -222,13 +222,17 @@ def parse_prompt_logprobs(choice: object, ids: Sequence[int], k: int, spelling: 
 
 
 class APITeacher:
-    """Scores token sequences through an OpenAI-compatible server; answers follow :mod:`distill.teachers.topk`.
+    """A :class:`~distill.teachers.base.TopKTeacher` scoring token sequences through an OpenAI-compatible server.
+
+    ``topk(batch)`` is the batch answer of the teacher interface (torch tensors ``[B, L, K]``);
 
     ``score(sequences)`` returns one ``[n_b - 1, K]`` :class:`TopK` per sequence; ``score_batch(input_ids,
-    attention_mask)`` returns ``[B, T, K]`` (see :func:`~distill.teachers.topk.pad_rows`). ``vocab_size`` (default:
+    attention_mask)`` returns ``[B, T, K]`` (see :func:`~distill.teachers.base.pad_rows`). ``vocab_size`` (default:
     the tokenizer's) bounds the ids accepted: pass the model's when its embedding has padded rows past the
     tokenizer's ids (servers name those ``token_id:N``).
     """
+
+    kind = "topk"
 
     def __init__(self, base_url: str, vocab: TokenVocab, *, k: int, model: str = "teacher", mode: str = "echo",
                  max_tokens: int = 0, token_ids_as_strings: bool = True, sequences_per_request: int = 1,
@@ -251,6 +255,20 @@ class APITeacher:
         self.stats = APIStats()
         self._spelling = _Spelling(vocab, vocab_size)
         self._rng = random.Random(seed)
+        self.name = f"{model} at {self.base_url}"
+
+    @property
+    def top_k(self) -> int:
+        return self.k
+
+    @property
+    def vocab_size(self) -> int:
+        """The width of the teacher's distribution: ids are accepted in ``[0, vocab_size)``."""
+        return self._spelling.vocab_size
+
+    def topk(self, batch: TokenBatch) -> TopK:
+        """The teacher interface: ``batch`` scored, as torch tensors ``[B, L, K]`` (see :func:`score_batch`)."""
+        return _as_torch(self.score_batch(batch.input_ids, batch.attention_mask))
 
     @property
     def fingerprint(self) -> str:
@@ -391,6 +409,13 @@ class APITeacher:
             self._parse(body, [probe], 0)
         except PayloadError as exc:
             raise TeacherAPIError(f"tokenizer mismatch on a probe of known ids: {exc}") from None
+
+
+def _as_torch(pair: TopK) -> TopK:
+    import torch
+
+    return TopK(torch.from_numpy(np.ascontiguousarray(pair.logprobs, np.float32)),
+                torch.from_numpy(np.ascontiguousarray(pair.ids, np.int64)))
 
 
 def _error_message(response) -> str:

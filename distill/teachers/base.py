@@ -15,7 +15,7 @@ There are two kinds, told apart by :attr:`Teacher.kind`:
     ``topk(batch) -> (logprobs, ids)``: ``logprobs`` float ``[B, L, K]``, log-probabilities at temperature 1
     (``<= 0``, finite, each row's ``exp`` summing to at most 1), ``ids`` int64 ``[B, L, K]`` in ``[0, V)``,
     distinct within a row, ordered by descending log-probability. This is the top-k teacher pair of
-    ``reference.kd.topk_divergence`` (``mode="tail"`` or ``"renormalize"``).
+    ``reference.kd.topk_divergence`` (``mode="tail"`` or ``"renormalize"``), held in a :class:`TopK`.
 
 Every teacher also has ``vocab_size`` (``V``, the width of its distribution) and ``fingerprint``: a short
 string that changes whenever its outputs could (model weights, dtype, K, endpoint and model name, ...);
@@ -24,13 +24,20 @@ on-disk caches key their entries with it. Tensors are on the CPU unless a teache
 :func:`check_topk` and :func:`check_dense` validate a teacher's answer (one-line ``TeacherError`` naming the
 teacher and the fault), and :func:`topk_from_logits` turns dense logits into the top-k pair, so a dense
 teacher can feed a top-k cache.
+
+Teachers that score one sequence at a time (the API teacher, the teacher cache) answer a sequence of ``n``
+tokens with ``n - 1`` rows (:class:`TopK` of numpy arrays ``[n - 1, K]``, :func:`sequence_topk` from a
+model's logits); :func:`pad_rows` stacks such answers into the ``[B, L, K]`` batch answer, and
+:func:`sequences_from_batch` turns a right-padded batch into the sequences to score.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -39,10 +46,16 @@ __all__ = [
     "TeacherError",
     "TeacherKind",
     "TokenBatch",
+    "TopK",
     "TopKTeacher",
+    "canonical",
     "check_dense",
     "check_topk",
+    "empty_topk",
     "fingerprint_of",
+    "pad_rows",
+    "sequence_topk",
+    "sequences_from_batch",
     "topk_from_logits",
 ]
 
@@ -51,6 +64,14 @@ TeacherKind = Literal["dense", "topk"]
 
 class TeacherError(ValueError):
     """A teacher cannot be built or gave a malformed answer; the message is one sentence."""
+
+
+class TopK(NamedTuple):
+    """The top-k teacher pair: log-probabilities ``[..., K]`` (float, <= 0, descending) and their token ids
+    ``[..., K]`` (int64); torch tensors in a batch answer, numpy arrays in a per-sequence one."""
+
+    logprobs: Any
+    ids: Any
 
 
 @dataclass(frozen=True)
@@ -102,7 +123,7 @@ class TopKTeacher(Protocol):
     top_k: int
     fingerprint: str
 
-    def topk(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def topk(self, batch: TokenBatch) -> TopK:
         """``(logprobs [B, L, K] float, ids [B, L, K] int64)`` at temperature 1, descending per row."""
         ...
 
@@ -158,7 +179,7 @@ def check_topk(
     return logprobs, ids
 
 
-def topk_from_logits(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_from_logits(logits: torch.Tensor, top_k: int) -> TopK:
     """The top-k pair of dense ``logits [..., V]`` at temperature 1: float32 log-probabilities (computed in
     float32 or wider) and int64 ids, descending. ``1 <= top_k <= V``."""
     vocab = int(logits.shape[-1])
@@ -167,7 +188,61 @@ def topk_from_logits(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, to
     wide = logits.float() if logits.dtype != torch.float64 else logits
     logprobs = torch.log_softmax(wide, dim=-1)
     values, ids = logprobs.topk(top_k, dim=-1, largest=True, sorted=True)
-    return values.float(), ids.to(torch.int64)
+    return TopK(values.float(), ids.to(torch.int64))
+
+
+def sequence_topk(logits: torch.Tensor, top_k: int) -> TopK:
+    """A per-sequence answer from a causal LM's logits ``[n, V]`` for one sequence: rows ``0 .. n-2`` as numpy
+    (float32, int64)."""
+    values, ids = topk_from_logits(logits[:-1].detach(), top_k)
+    return TopK(values.cpu().numpy(), ids.cpu().numpy())
+
+
+def empty_topk(k: int) -> TopK:
+    """The per-sequence answer for a sequence of one token: no rows."""
+    return TopK(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
+
+
+def pad_rows(rows: Sequence[TopK], length: int, k: int) -> TopK:
+    """Stack per-sequence answers (``[n_b - 1, K]`` each) into the batch answer ``[B, length, K]`` (numpy).
+
+    Rows past a sequence's last predicted token (padding, and the row of its last token) hold the uniform
+    distribution over ids ``0 .. K-1``: finite and well-formed, and ignored by the loss.
+    """
+    logprobs = np.full((len(rows), length, k), -np.log(k), np.float32)
+    ids = np.broadcast_to(np.arange(k, dtype=np.int64), (len(rows), length, k)).copy()
+    for b, row in enumerate(rows):
+        n = row.logprobs.shape[0]
+        if n > length:
+            raise TeacherError(f"sequence {b} has {n} teacher rows, more than the batch length {length}")
+        logprobs[b, :n] = row.logprobs
+        ids[b, :n] = row.ids
+    return TopK(logprobs, ids)
+
+
+def sequences_from_batch(input_ids: Any, attention_mask: Any = None) -> list[list[int]]:
+    """Right-padded ``[B, L]`` ids (and 0/1 mask), numpy or torch, to token-id lists; left padding is an error."""
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim != 2:
+        raise TeacherError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        return [row.tolist() for row in input_ids]
+    mask = np.asarray(attention_mask).astype(bool)
+    sequences = []
+    for b in range(input_ids.shape[0]):
+        n = int(mask[b].sum())
+        if not mask[b, :n].all():
+            raise TeacherError(f"attention_mask row {b} is not right-padded (ones then zeros); the teacher needs "
+                               "contiguous tokens")
+        sequences.append(input_ids[b, :n].tolist())
+    return sequences
+
+
+def canonical(topk: TopK) -> TopK:
+    """The same numpy pairs in the API teacher's order: log-prob descending, ties by ascending id (torch's
+    ``topk`` leaves the order of ties unspecified)."""
+    order = np.lexsort((topk.ids, -topk.logprobs), axis=-1)
+    return TopK(np.take_along_axis(topk.logprobs, order, -1), np.take_along_axis(topk.ids, order, -1))
 
 
 def fingerprint_of(*parts: object) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from distill.models import output_vocab_size
-from distill.teachers.base import TokenBatch, check_dense, fingerprint_of
+from distill.teachers.base import TeacherError, TokenBatch, TopK, check_dense, fingerprint_of, topk_from_logits
 
-__all__ = ["HFTeacher"]
+__all__ = ["HFTeacher", "HFTopKTeacher"]
 
 
 class HFTeacher:
@@ -33,3 +33,21 @@ class HFTeacher:
             out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         logits = out.logits if hasattr(out, "logits") else out
         return check_dense(self.name, batch, logits, self.vocab_size)
+
+
+class HFTopKTeacher:
+    """Top-k teacher over an in-process :class:`HFTeacher`: its logits' ``top_k`` most likely tokens at
+    temperature 1 (:func:`~distill.teachers.base.topk_from_logits`), the answer an API teacher serving the same
+    model gives."""
+
+    kind = "topk"
+
+    def __init__(self, dense: HFTeacher, top_k: int) -> None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= dense.vocab_size:
+            raise TeacherError(f"--teacher-k {top_k!r}: expected a whole number in [1, {dense.vocab_size}]")
+        self.dense, self.top_k = dense, top_k
+        self.name, self.vocab_size = dense.name, dense.vocab_size
+        self.fingerprint = fingerprint_of(dense.fingerprint, "topk", top_k)
+
+    def topk(self, batch: TokenBatch) -> TopK:
+        return topk_from_logits(self.dense.logits(batch), self.top_k)

@@ -19,7 +19,9 @@ def add_api_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--teacher-url", default=None, metavar="URL",
                        help="base URL of the server, e.g. http://127.0.0.1:8000 (its /v1/completions is used)")
     group.add_argument("--teacher-model", default="teacher", help="the model name the server serves")
-    group.add_argument("--teacher-k", default="20", metavar="K", help="top-k log-probs per position (default 20)")
+    group.add_argument("--teacher-k", default=None, metavar="K",
+                       help="top-k log-probs per position (default 20); with an in-process --teacher, makes it a "
+                       "top-k teacher")
     group.add_argument("--teacher-mode", default="echo", choices=["echo", "prompt_logprobs"],
                        help="echo=true + logprobs=K (OpenAI), or vLLM's prompt_logprobs=K")
     group.add_argument("--teacher-concurrency", default="8", metavar="N", help="requests in flight (default 8)")
@@ -38,12 +40,15 @@ def _positive(flag: str, raw: str, kind: type):
     return value
 
 
-def api_teacher_from_args(args: argparse.Namespace, vocab: TokenVocab, *, check_tokenizer: bool = True):
+def api_teacher_from_args(args: argparse.Namespace, vocab: TokenVocab, *, check_tokenizer: bool = True,
+                          vocab_size: int | None = None):
     """The API teacher the flags describe (wrapped in a :class:`~distill.teacher_cache.CachedTeacher` with
-    ``--teacher-cache``); its answers follow :mod:`distill.teachers.topk`."""
+    ``--teacher-cache``); its answers follow :mod:`distill.teachers.base`. ``vocab_size``: the ids accepted
+    (default: the tokenizer's)."""
     if not args.teacher_url or not args.teacher_url.startswith(("http://", "https://")):
         raise ValueError(f"--teacher-url {args.teacher_url!r}: expected http://HOST:PORT or https://...")
-    teacher = APITeacher(args.teacher_url, vocab, k=_positive("--teacher-k", args.teacher_k, int),
+    k = _positive("--teacher-k", "20" if args.teacher_k is None else args.teacher_k, int)
+    teacher = APITeacher(args.teacher_url, vocab, k=k, vocab_size=vocab_size,
                          model=args.teacher_model, mode=args.teacher_mode,
                          concurrency=_positive("--teacher-concurrency", args.teacher_concurrency, int),
                          timeout=_positive("--teacher-timeout", args.teacher_timeout, float))
