@@ -3,9 +3,10 @@ the whole falsifier suite, and each port with a planted bug fails it, first at t
 (:data:`tests.ports.KILL_TABLE`) names, a reference-free law, whatever the hypothesis seed.
 
 The ports run in real ``pytest`` subprocesses, as a porter would run them (``--backend module:attribute``): the
-faithful port through the kd-loss, kd-step and parity suites, all the bug ports together through the kd-loss
-and kd-step suites (where every killer lives); once under the ``ci`` profile (derandomized) and once under
-``dev`` with another seed. ``KD_THOROUGH=1`` adds runs under the ``thorough`` profile with three more seeds.
+faithful port through the kd-loss, kd-step and parity suites, all the bug ports together, each through the
+falsifiers of the kd-loss and kd-step suites up to and including its killer; once under the ``ci`` profile
+(derandomized) and once under ``dev`` with another seed. ``KD_THOROUGH=1`` adds runs under the ``thorough``
+profile with three more seeds.
 """
 
 from __future__ import annotations
@@ -57,23 +58,43 @@ def _pytest(suite: tuple[str, ...], backends: list[str], profile: str, seed: int
     return result
 
 
-def _label(port: str) -> str:
-    return importlib.import_module(f"tests.ports.{port}").BACKEND.name
+def _backend(port: str) -> object:
+    return importlib.import_module(f"tests.ports.{port}").BACKEND
+
+
+def _node_ids_through(port: str, killer: str) -> list[str]:
+    """The pytest node IDs of ``port``'s per-backend falsifiers, in suite order, up to and including ``killer``:
+    the falsifiers a port must pass before its killer, and the killer."""
+    backend = _backend(port)
+    ids = []
+    for test_file, contract in zip(SUITE[:2], CONTRACTS[:2], strict=True):
+        for f in yaml.safe_load((ROOT / contract).read_text())["falsification_tests"]:
+            check = f["check"]
+            if check.get("scope", "per_backend") == "per_backend":
+                for dtype in check.get("dtypes", ["float64"]):
+                    if dtype in backend.dtypes:
+                        label = backend.name if dtype == "float64" else f"{backend.name}-{dtype}"
+                        ids.append(f"{test_file}::test_{f['id'].replace('-', '_')}[{label}]")
+            if f["id"] == killer:
+                return ids
+    raise AssertionError(f"{killer} is not a falsifier of {', '.join(CONTRACTS[:2])}")
 
 
 def _run(kind: str, profile: str, seed: int | None) -> dict[str, Verdict]:
-    """``kind`` "good": the faithful port through the whole suite. "bugs": every bug port at once through the
-    kd-loss and kd-step suites, where every killer lives (tests run falsifier by falsifier, port by port, so a
-    port's first report in the output is its first failure)."""
+    """``kind`` "good": the faithful port through the whole suite. "bugs": every bug port at once, each through
+    the falsifiers of the kd-loss and kd-step suites up to its killer (where every killer lives): a port's
+    verdict is its first failure, and any falsifier before the killer that fails is reported as the first."""
     if kind == "good":
         result = _pytest(SUITE, [PORTS["good_port"]], profile, seed)
         first = re.findall(r"^(F-[A-Z0-9-]+) falsified on ", result.stdout, flags=re.MULTILINE)
         return {"good_port": Verdict(result.returncode == 0, first[0] if first else None, result.stdout)}
-    result = _pytest(SUITE[:2], [PORTS[port] for port in KILL_TABLE], profile, seed)
+    nodes = [node for port, (_, killer) in KILL_TABLE.items() for node in _node_ids_through(port, killer)]
+    result = _pytest(tuple(nodes), [PORTS[port] for port in KILL_TABLE], profile, seed)
+    reports = re.split(r"^(?=F-[A-Z0-9-]+ falsified on )", result.stdout, flags=re.MULTILINE)
     verdicts = {}
     for port in KILL_TABLE:
-        reports = re.split(r"^(?=F-[A-Z0-9-]+ falsified on )", result.stdout, flags=re.MULTILINE)
-        mine = [r for r in reports if re.match(rf"F-[A-Z0-9-]+ falsified on {re.escape(_label(port))} \(", r)]
+        label = re.escape(_backend(port).name)  # type: ignore[attr-defined]
+        mine = [r for r in reports if re.match(rf"F-[A-Z0-9-]+ falsified on {label} \(", r)]
         first = mine[0].split(" ", 1)[0] if mine else None
         verdicts[port] = Verdict(not mine, first, mine[0][:4000] if mine else "")
     return verdicts
@@ -108,7 +129,7 @@ def test_each_bug_fails_first_at_the_falsifier_the_kill_table_names(port: str) -
     bug, killer = KILL_TABLE[port]
     for run in RUNS:
         verdict = verdicts()[(port, *run)]
-        assert not verdict.passed, f"{port} ({bug}) passed the kd-loss and kd-step suites under {run}"
+        assert not verdict.passed, f"{port} ({bug}) passed every falsifier through {killer} under {run}"
         assert verdict.first_failure == killer, (
             f"{port} ({bug}) under {run}: first failure {verdict.first_failure}, the kill table says {killer}\n"
             + verdict.report
