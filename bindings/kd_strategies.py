@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from hypothesis import strategies as st
@@ -145,9 +146,10 @@ BLOCK_SHAPES: tuple[tuple[int, int], ...] = ((1025, 5), (4097, 3), (3, 1025), (2
 or column past a block), plus ``V = 1``."""
 
 
-def block_batches(seed: int = 0) -> list[KDBatch]:
+@cache
+def block_batches(seed: int = 0) -> tuple[KDBatch, ...]:
     """One fixed KD batch per shape of :data:`BLOCK_SHAPES` (a few ignored rows, T = 2, alpha = 0.5): explicit
-    points, so every run checks every shape (hypothesis would draw them by luck)."""
+    points, so every run checks every shape (hypothesis would draw them by luck). Built once; treat as read-only."""
     rng = np.random.default_rng(seed)
     out = []
     for n, v in BLOCK_SHAPES:
@@ -156,7 +158,7 @@ def block_batches(seed: int = 0) -> list[KDBatch]:
         labels[0], labels[-1] = 0, v - 1  # the first and the last row are valid
         direction = rng.normal(0.0, 1.0, (n, v))
         out.append(KDBatch(rng.normal(0, 3, (n, v)), rng.normal(0, 3, (n, v)), labels, 2.0, 0.5, direction))
-    return out
+    return tuple(out)
 
 
 def reduction() -> st.SearchStrategy[str]:

@@ -30,7 +30,7 @@ BROKEN = FIXTURES / "broken"
 VALID = FIXTURES / "valid"
 MINIMAL = VALID / "minimal.yaml"
 
-WARNING_RULES = frozenset({"TOLERANCE-REASON", "QA-GATE-MISSING"})
+WARNING_RULES = frozenset({"TOLERANCE-REASON", "QA-GATE-MISSING", "COVERAGE-MISSING", "COVERAGE-DTYPE"})
 
 DIAGNOSTIC = re.compile(
     r"^(?P<path>.+?):(?P<line>\d+):(?P<col>\d+): (?P<severity>ERROR|WARNING) (?P<rule>[A-Z][A-Z0-9-]+) "

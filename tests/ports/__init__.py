@@ -12,9 +12,9 @@ from __future__ import annotations
 
 KILL_TABLE: dict[str, tuple[str, str]] = {
     # port: (the bug, the first falsifier that fails on it: a reference-free law in every row)
-    "bug_wrong_kl_direction": ("loss uses KL(q||p), gradient KL(p||q) (the seed's bug)", "F-KD-EXACT-002"),
+    "bug_wrong_kl_direction": ("loss uses KL(q||p), gradient KL(p||q) (the seed's bug)", "F-KD-EDGE-001"),
     "bug_missing_t_squared": ("KD term not multiplied by T^2 in the loss only", "F-KD-EXACT-002"),
-    "bug_mean_over_all_rows": ("mean divides by all rows, ignored ones included", "F-KD-REDUCE-001"),
+    "bug_mean_over_all_rows": ("mean divides by all rows, ignored ones included", "F-DISTILL-KDSTEP-001"),
     "bug_kd_on_ignored_rows": ("KD term computed on ignored rows", "F-KD-MASK-001"),
     "bug_softmax_no_max_shift": ("softmax without the max shift", "F-KD-SHIFT-001"),
     "bug_alpha_wrong_term": ("alpha weights the KD term instead of CE", "F-DISTILL-KDSTEP-001"),
@@ -29,7 +29,7 @@ KILL_TABLE: dict[str, tuple[str, str]] = {
     "bug_hardcoded_ignore_index": ("ignore_index hard-coded to -100", "F-KD-MASK-003"),
     "bug_zero_weight_times_inf": ("weight-0 term multiplied in: 0 * inf = NaN", "F-KD-EDGE-001"),
     "bug_default_reduction_sum": ("cross_entropy defaults to reduction='sum'", "F-KD-DEFAULTS-001"),
-    "bug_reverse_kl_consistent": ("reverse KL in loss and gradient, consistently", "F-KD-EXACT-002"),
+    "bug_reverse_kl_consistent": ("reverse KL in loss and gradient, consistently", "F-KD-EDGE-001"),
     "bug_t_not_t_squared_consistent": ("KD term times T, not T^2, in loss and gradient", "F-KD-EXACT-002"),
     "bug_kl_mean_over_vocab": ("KL averaged over the vocabulary, in loss and gradient", "F-KD-EXACT-002"),
     "bug_temperature_clamped": ("temperature silently clamped to 10", "F-KD-LIMIT-001"),
