@@ -57,7 +57,7 @@ def test_padding_content_changes_nothing_and_gets_zero_gradient() -> None:
     rows = [list(range(1, 15)), list(range(20, 27))]
     a = _batch(rows, 14)
     x = IGNORE_INDEX
-    assert t.step_inputs(a).labels.tolist() == [list(range(2, 15)) + [x], list(range(21, 27)) + [x] * 8]
+    assert t.step_inputs(a).labels.tolist() == [[*range(2, 15), x], [*range(21, 27), *[x] * 8]]
     b = TokenBatch(torch.where(a.attention_mask == 1, a.input_ids, torch.full_like(a.input_ids, 777)), a.attention_mask)
     losses, grads = [], []
     for batch in (a, b):

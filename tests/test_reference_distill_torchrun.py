@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from distill.distributed.launch import free_port  # noqa: E402
-from reference.distill import distributed_argv  # noqa: E402
+from distill.distributed.launch import free_port
+from reference.distill import distributed_argv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 240
