@@ -4,8 +4,12 @@ The distillation pipeline (:mod:`reference.pipeline`, :mod:`reference.progress`,
 :mod:`reference.distill`) is driven here and observed as plain data (dicts, lists, numbers), so that the
 property itself is written in the contract's ``expect``:
 
-* :func:`run_distill` runs the command in-process in a fresh temporary working directory and returns what
-  it printed, parsed (step, epoch and ``[SMOKE]`` lines), and every path it created or changed;
+* :func:`run_distill` runs the command of a path in-process in a fresh temporary working directory and returns
+  what it printed, parsed (step, epoch and ``[SMOKE]`` lines), and every path it created or changed. The paths
+  (:data:`PATHS`): ``"fixture"``, ``python -m reference.distill`` (numpy table models, the pipeline's
+  reference), and ``"models"``, ``python -m distill`` (torch transformers) with :data:`MODELS_ARGS` put before
+  the check's own flags: tiny Llama student and teacher, a small corpus, the fixture's 3 x 20 run shape;
+  :func:`outputs` names what a full run of each path writes;
 * :func:`parse_smoke` reads the two ``[SMOKE]`` summary lines into numbers;
 * :func:`callback_events` / :func:`callback_log` run a real :class:`~reference.pipeline.Pipeline` with
   recording callbacks and return the hook calls in order;
@@ -50,8 +54,12 @@ from reference.step import kd_step
 
 __all__ = [
     "ATTRIBUTES",
+    "MODELS_ARGS",
+    "PATHS",
     "callback_events",
     "callback_log",
+    "old_outputs",
+    "outputs",
     "parse_smoke",
     "progress_work",
     "run_distill",
@@ -109,26 +117,109 @@ def _confine_output_dir(argv: list[str]) -> None:
             _inside(Path("."), arg.partition("=")[2], "--output-dir")
 
 
+PATHS = ("fixture", "models")
+"""The paths the pipeline contracts run against: the numpy fixture command and the torch real-model command."""
+
+MODELS_ARGS = (
+    "--student", "llama-tiny", "--teacher", "llama-tiny", "--seq-len", "16", "--batch-size", "2",
+    "--epochs", "3", "--steps-per-epoch", "20", "--warmup-steps", "2", "--threads", "1", "--no-progress",
+)
+"""Put before a check's flags on the models path (argparse keeps a flag's last value, so the check's win): tiny
+models and the fixture's run shape (3 epochs of 20 steps), on :data:`MODELS_CORPUS_PARAGRAPHS` paragraphs of the
+shipped corpus (``--data``, added by :func:`run_distill`)."""
+
+MODELS_CORPUS_PARAGRAPHS = 60
+
+_OUTPUTS = {
+    "fixture": ("metadata.json", "student.npz"),
+    "models": ("checkpoint.safetensors", "loss.png", "metadata.json", "metrics.jsonl", "student/"),
+}
+
+
+def _path(path: str) -> str:
+    if path not in _OUTPUTS:
+        raise ValueError(f"path {path!r} is not one of {', '.join(PATHS)}")
+    return path
+
+
+def outputs(path: str) -> list[str]:
+    """What a full run of ``path`` writes into its output directory, as :func:`run_distill` reports it in
+    ``outputs`` (its top-level entries, folders with a trailing ``/``)."""
+    return list(_OUTPUTS[_path(path)])
+
+
+def old_outputs(path: str, folder: str) -> dict[str, str]:
+    """Files (relative path -> text) standing for a previous full run of ``path`` in ``folder``: one file per
+    output of :func:`outputs`, one inside each output folder; a ``files`` argument of :func:`run_distill`."""
+    return {
+        f"{folder}/{name}model.safetensors" if name.endswith("/") else f"{folder}/{name}": f"old {name}"
+        for name in outputs(path)
+    }
+
+
+def _models_command() -> Any:
+    """``distill.cli``, or a "not run" skip when the models extra (transformers) is not installed."""
+    try:
+        import transformers  # noqa: F401
+
+        from distill import cli
+    except ImportError as error:
+        import pytest
+
+        pytest.skip(f"not run: the models path needs the models extra, pip install -e '.[torch,models]' ({error})")
+    return cli
+
+
+def _corpus_text() -> str:
+    """The first :data:`MODELS_CORPUS_PARAGRAPHS` paragraphs of 80+ characters of the shipped corpus."""
+    from distill.data import load_documents
+
+    pieces: list[str] = []
+    for document in load_documents():
+        pieces += [p.strip() for p in document.split("\n\n") if len(p.strip()) > 80]
+        if len(pieces) >= MODELS_CORPUS_PARAGRAPHS:
+            break
+    return "\n\n".join(pieces[:MODELS_CORPUS_PARAGRAPHS]) + "\n"
+
+
+def _top_level(files: Sequence[str]) -> list[str]:
+    return sorted({f.split("/", 1)[0] + "/" if "/" in f else f for f in files})
+
+
 def run_distill(
-    args: Sequence[object], env: Mapping[str, object], files: Mapping[str, str] | None = None
+    args: Sequence[object],
+    env: Mapping[str, object],
+    files: Mapping[str, str] | None = None,
+    path: str = "fixture",
 ) -> dict[str, Any]:
-    """Run ``python -m reference.distill ARGS`` in-process with ``env`` as its whole environment, in a fresh
-    temporary working directory (removed afterwards) that holds ``files`` (relative path -> text) first.
+    """Run the command of ``path`` in-process with ``env`` as its whole environment, in a fresh temporary working
+    directory (removed afterwards) that holds ``files`` (relative path -> text) first: ``python -m
+    reference.distill ARGS`` (``"fixture"``) or ``python -m distill MODELS_ARGS --data CORPUS ARGS``
+    (``"models"``; the corpus file lies outside the working directory).
 
     Returns a dict:
 
-    * ``exit_code``, ``stdout``, ``stderr`` and their ``stdout_lines`` / ``stderr_lines``;
+    * ``path``; ``exit_code``, ``stdout``, ``stderr`` and their ``stdout_lines`` / ``stderr_lines``;
     * ``step_lines``: stdout lines that mention ``Step <n>``; ``logged_steps``, ``step_totals``,
       ``step_losses``: the numbers of those lines that have the exact form ``  Step g/G: loss: x.xxxx``;
     * ``epoch_lines``: stdout lines starting ``Epoch <n>``; ``logged_epochs``, ``epoch_totals``,
       ``epoch_losses``: the numbers of those of the exact form ``Epoch e/E: loss: x.xxxx (t.ts)``;
     * ``smoke_lines``: stdout lines starting ``[SMOKE]`` (see :func:`parse_smoke`);
-    * ``output_files``: the files in the output directory after the run (``distill.run``'s view);
+    * ``output_files``: the files in the output directory after the run (``distill.run``'s view), and
+      ``outputs``: its top-level entries, folders with a trailing ``/`` (compare with :func:`outputs`);
     * ``written``: every path under the working directory created, changed or removed by the run;
     * ``traceback``: whether ``Traceback`` appears in either stream.
     """
     argv = [str(a) for a in args]
     _confine_output_dir(argv)
+    command: Any = distill
+    corpus_dir: Path | None = None
+    if _path(path) == "models":
+        command = _models_command()
+        corpus_dir = Path(tempfile.mkdtemp(prefix="kd-corpus-"))
+        corpus = corpus_dir / "corpus.txt"
+        corpus.write_text(_corpus_text(), encoding="utf-8")
+        argv = [*MODELS_ARGS, "--data", str(corpus), *argv]
     root = Path(tempfile.mkdtemp(prefix="kd-distill-"))
     try:
         for rel, text in (files or {}).items():
@@ -136,19 +227,23 @@ def run_distill(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(str(text), encoding="utf-8")
         before = _snapshot(root)
-        outcome = distill.run(argv, {str(k): str(v) for k, v in env.items()}, cwd=root)
+        outcome = command.run(argv, {str(k): str(v) for k, v in env.items()}, cwd=root)
         after = _snapshot(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        if corpus_dir is not None:
+            shutil.rmtree(corpus_dir, ignore_errors=True)
     written = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     out_lines = outcome.stdout.splitlines()
     steps = [m for m in (_STEP.match(line) for line in out_lines) if m]
     epochs = [m for m in (_EPOCH.match(line) for line in out_lines) if m]
     # Compact, telling fields first: a failure report shows this dict truncated.
     return {
+        "path": path,
         "exit_code": outcome.exit_code,
         "traceback": "Traceback" in outcome.stdout or "Traceback" in outcome.stderr,
         "written": written,
+        "outputs": _top_level(outcome.output_files),
         "output_files": list(outcome.output_files),
         "stderr_lines": outcome.stderr.splitlines(),
         "logged_steps": [int(m[1]) for m in steps],
@@ -469,6 +564,8 @@ def progress_work(log_every: int, epochs: int, steps_per_epoch: int) -> dict[str
 
 ATTRIBUTES = (
     "run_distill",
+    "outputs",
+    "old_outputs",
     "parse_smoke",
     "callback_log",
     "callback_events",
