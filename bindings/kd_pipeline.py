@@ -58,6 +58,7 @@ __all__ = [
     "PATHS",
     "callback_events",
     "callback_log",
+    "models_corpus_text",
     "old_outputs",
     "outputs",
     "parse_smoke",
@@ -170,7 +171,7 @@ def _models_command() -> Any:
     return cli
 
 
-def _corpus_text() -> str:
+def models_corpus_text() -> str:
     """The first :data:`MODELS_CORPUS_PARAGRAPHS` paragraphs of 80+ characters of the shipped corpus."""
     from distill.data import load_documents
 
@@ -218,7 +219,7 @@ def run_distill(
         command = _models_command()
         corpus_dir = Path(tempfile.mkdtemp(prefix="kd-corpus-"))
         corpus = corpus_dir / "corpus.txt"
-        corpus.write_text(_corpus_text(), encoding="utf-8")
+        corpus.write_text(models_corpus_text(), encoding="utf-8")
         argv = [*MODELS_ARGS, "--data", str(corpus), *argv]
     root = Path(tempfile.mkdtemp(prefix="kd-distill-"))
     try:
