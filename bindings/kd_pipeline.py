@@ -37,6 +37,7 @@ import numpy as np
 
 from reference import distill
 from reference.pipeline import (
+    IGNORE_INDEX,
     Callback,
     Control,
     EpochContext,
@@ -405,15 +406,16 @@ def callback_events(
 
 
 def step_update(
-    batch_size: int = 4, seq_len: int = 6, contexts_per_element: int = 3, seed: int = 0
+    batch_size: int = 4, seq_len: int = 6, contexts_per_element: int = 3, seed: int = 0, ignored: int = 0
 ) -> dict[str, Any]:
     """One pipeline step on a batch whose elements use disjoint contexts: element ``b`` draws its input
-    tokens from ``[b*k, (b+1)*k)``, ``k = contexts_per_element``, and every label is the teacher's argmax.
+    tokens from ``[b*k, (b+1)*k)``, ``k = contexts_per_element``, and every label is the teacher's argmax,
+    except the last ``ignored`` positions of every element, labelled ``IGNORE_INDEX``.
 
     Returns ``ids`` ``[B, S]``, ``gradient`` ``[B, S, V]`` (``reference.step.kd_step`` on the batch with the
     student as it was before the step), ``delta`` (the student's table after minus before, ``[C, V]``),
-    ``contexts`` (``C = B * k``), ``lr``, and ``element_moved`` (per element: did any row of its contexts
-    change).
+    ``contexts`` (``C = B * k``), ``lr``, ``element_moved`` (per element: did any row of its contexts
+    change), and ``ignored_gradient`` (the gradient rows of the ignored positions, ``[B * ignored, V]``).
     """
     k = contexts_per_element
     n_contexts = batch_size * k
@@ -421,6 +423,8 @@ def step_update(
     ids = np.stack([rng.integers(b * k, (b + 1) * k, size=seq_len) for b in range(batch_size)])
     teacher = FixtureTeacher(_VOCAB, context_size=n_contexts, seed=seed)
     labels = teacher.logits_for_batch(ids).argmax(axis=-1).astype(np.int64)
+    if ignored:
+        labels[:, seq_len - ignored :] = IGNORE_INDEX
     lr = _DEFAULTS.learning_rate
     student = FixtureStudent(_VOCAB, context_size=n_contexts, seed=seed + 1, learning_rate=lr)
     before = student.table
@@ -451,6 +455,7 @@ def step_update(
         "contexts": n_contexts,
         "lr": lr,
         "element_moved": moved,
+        "ignored_gradient": gradient[labels == IGNORE_INDEX],
     }
 
 
