@@ -542,25 +542,53 @@ class _Probe(Callback):
         self.inner.on_train_end(result)
 
 
-def progress_work(log_every: int, epochs: int, steps_per_epoch: int) -> dict[str, int]:
-    """Run a small fixture pipeline with ``ProgressCallback(log_every)`` writing to a counting stream, and
-    count its work: ``steps`` run, ``loss_formats`` (times a step's loss was turned into text), ``writes``
-    (calls to the stream's ``write``), ``step_lines`` and ``epoch_lines`` (lines of each kind written).
+def _models_trainer(epochs: int, steps_per_epoch: int, log_every: int) -> Any:
+    """The models path's trainer as ``python -m distill`` builds it from :data:`MODELS_ARGS` (tiny Llama student
+    and teacher, 16-token sequences in batches of 2), without outputs."""
+    _models_command()  # a "not run" skip without the models extra
+    import torch
+
+    from backends import registry
+    from distill.data import TOKENIZER_PATH, TokenChunks, load_tokenizer, split_documents
+    from distill.models import load_model
+    from distill.teachers.hf import HFTeacher
+    from distill.train import TrainConfig, Trainer
+
+    torch.set_num_threads(1)  # as --threads 1 in MODELS_ARGS
+    documents = [p for p in models_corpus_text().split("\n\n") if p.strip()]
+    train, _ = split_documents(documents)
+    chunks = TokenChunks(train, load_tokenizer(TOKENIZER_PATH), 16)
+    config = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=2, warmup_steps=2)
+    teacher = HFTeacher(load_model("llama-tiny", seed=1), name="llama-tiny")
+    return Trainer(load_model("llama-tiny", seed=0), teacher, chunks, config, registry.get("torch"),
+                   log_every=log_every, progress_bar=False)
+
+
+def progress_work(log_every: int, epochs: int, steps_per_epoch: int, path: str = "fixture") -> dict[str, int]:
+    """Run a small training loop of ``path`` (a fixture pipeline, or the models path's trainer) with
+    ``ProgressCallback(log_every)`` writing to a counting stream, and count its work: ``steps`` run,
+    ``loss_formats`` (times a step's loss was turned into text), ``writes`` (calls to the stream's ``write``),
+    ``step_lines`` and ``epoch_lines`` (lines of each kind written).
     """
     counter = _Counter()
     progress = ProgressCallback(log_every, _CountingStream(counter))  # type: ignore[arg-type]
-    result = _fixture_pipeline(
-        epochs,
-        steps_per_epoch,
-        [_Probe(progress, counter)],
-        vocab=8,
-        batch_size=2,
-        seq_len=4,
-        learning_rate=1.0,
-    ).run()
+    if _path(path) == "models":
+        trainer = _models_trainer(epochs, steps_per_epoch, log_every)
+        trainer.progress = _Probe(progress, counter)
+        steps = trainer.run().metrics.steps_completed
+    else:
+        steps = _fixture_pipeline(
+            epochs,
+            steps_per_epoch,
+            [_Probe(progress, counter)],
+            vocab=8,
+            batch_size=2,
+            seq_len=4,
+            learning_rate=1.0,
+        ).run().metrics.steps_completed
     lines = "".join(counter.text).splitlines()
     return {
-        "steps": result.metrics.steps_completed,
+        "steps": steps,
         "loss_formats": counter.loss_formats,
         "writes": counter.writes,
         "step_lines": sum(1 for line in lines if _STEP_LOOSE.search(line)),
