@@ -200,7 +200,9 @@ def test_ctrl_c_keeps_the_last_complete_checkpoint_and_resume_continues(tmp_path
     from distill.checkpoint import read_checkpoint
 
     step = read_checkpoint(tmp_path / "out" / "checkpoint.safetensors").step
-    assert step >= 3
+    logged = len(metrics.read_text().splitlines())
+    # Every step's checkpoint follows its metrics line: the signal may land between the two, never elsewhere.
+    assert logged >= 3 and step in (logged - 1, logged), (step, logged)
     # Resuming with fewer epochs ends the run sooner (the schedule's horizon follows --epochs).
     shorter = _args(corpus, "--steps-per-epoch", "8", "--epochs", "1", "--output-dir", "out", "--resume")
     resumed = _run(tmp_path, shorter, {"DISTILL_LOG_EVERY": "1"})
