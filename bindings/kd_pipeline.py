@@ -4,8 +4,12 @@ The distillation pipeline (:mod:`reference.pipeline`, :mod:`reference.progress`,
 :mod:`reference.distill`) is driven here and observed as plain data (dicts, lists, numbers), so that the
 property itself is written in the contract's ``expect``:
 
-* :func:`run_distill` runs the command in-process in a fresh temporary working directory and returns what
-  it printed, parsed (step, epoch and ``[SMOKE]`` lines), and every path it created or changed;
+* :func:`run_distill` runs the command of a path in-process in a fresh temporary working directory and returns
+  what it printed, parsed (step, epoch and ``[SMOKE]`` lines), and every path it created or changed. The paths
+  (:data:`PATHS`): ``"fixture"``, ``python -m reference.distill`` (numpy table models, the pipeline's
+  reference), and ``"models"``, ``python -m distill`` (torch transformers) with :data:`MODELS_ARGS` put before
+  the check's own flags: tiny Llama student and teacher, a small corpus, the fixture's 3 x 20 run shape;
+  :func:`outputs` names what a full run of each path writes;
 * :func:`parse_smoke` reads the two ``[SMOKE]`` summary lines into numbers;
 * :func:`callback_events` / :func:`callback_log` run a real :class:`~reference.pipeline.Pipeline` with
   recording callbacks and return the hook calls in order;
@@ -33,6 +37,7 @@ import numpy as np
 
 from reference import distill
 from reference.pipeline import (
+    IGNORE_INDEX,
     Callback,
     Control,
     EpochContext,
@@ -50,8 +55,13 @@ from reference.step import kd_step
 
 __all__ = [
     "ATTRIBUTES",
+    "MODELS_ARGS",
+    "PATHS",
     "callback_events",
     "callback_log",
+    "models_corpus_text",
+    "old_outputs",
+    "outputs",
     "parse_smoke",
     "progress_work",
     "run_distill",
@@ -109,26 +119,109 @@ def _confine_output_dir(argv: list[str]) -> None:
             _inside(Path("."), arg.partition("=")[2], "--output-dir")
 
 
+PATHS = ("fixture", "models")
+"""The paths the pipeline contracts run against: the numpy fixture command and the torch real-model command."""
+
+MODELS_ARGS = (
+    "--student", "llama-tiny", "--teacher", "llama-tiny", "--seq-len", "16", "--batch-size", "2",
+    "--epochs", "3", "--steps-per-epoch", "20", "--warmup-steps", "2", "--threads", "1", "--no-progress",
+)
+"""Put before a check's flags on the models path (argparse keeps a flag's last value, so the check's win): tiny
+models and the fixture's run shape (3 epochs of 20 steps), on :data:`MODELS_CORPUS_PARAGRAPHS` paragraphs of the
+shipped corpus (``--data``, added by :func:`run_distill`)."""
+
+MODELS_CORPUS_PARAGRAPHS = 60
+
+_OUTPUTS = {
+    "fixture": ("metadata.json", "student.npz"),
+    "models": ("checkpoint.safetensors", "loss.png", "metadata.json", "metrics.jsonl", "student/"),
+}
+
+
+def _path(path: str) -> str:
+    if path not in _OUTPUTS:
+        raise ValueError(f"path {path!r} is not one of {', '.join(PATHS)}")
+    return path
+
+
+def outputs(path: str) -> list[str]:
+    """What a full run of ``path`` writes into its output directory, as :func:`run_distill` reports it in
+    ``outputs`` (its top-level entries, folders with a trailing ``/``)."""
+    return list(_OUTPUTS[_path(path)])
+
+
+def old_outputs(path: str, folder: str) -> dict[str, str]:
+    """Files (relative path -> text) standing for a previous full run of ``path`` in ``folder``: one file per
+    output of :func:`outputs`, one inside each output folder; a ``files`` argument of :func:`run_distill`."""
+    return {
+        f"{folder}/{name}model.safetensors" if name.endswith("/") else f"{folder}/{name}": f"old {name}"
+        for name in outputs(path)
+    }
+
+
+def _models_command() -> Any:
+    """``distill.cli``, or a "not run" skip when the models extra (transformers) is not installed."""
+    try:
+        import transformers  # noqa: F401
+
+        from distill import cli
+    except ImportError as error:
+        import pytest
+
+        pytest.skip(f"not run: the models path needs the models extra, pip install -e '.[torch,models]' ({error})")
+    return cli
+
+
+def models_corpus_text() -> str:
+    """The first :data:`MODELS_CORPUS_PARAGRAPHS` paragraphs of 80+ characters of the shipped corpus."""
+    from distill.data import load_documents
+
+    pieces: list[str] = []
+    for document in load_documents():
+        pieces += [p.strip() for p in document.split("\n\n") if len(p.strip()) > 80]
+        if len(pieces) >= MODELS_CORPUS_PARAGRAPHS:
+            break
+    return "\n\n".join(pieces[:MODELS_CORPUS_PARAGRAPHS]) + "\n"
+
+
+def _top_level(files: Sequence[str]) -> list[str]:
+    return sorted({f.split("/", 1)[0] + "/" if "/" in f else f for f in files})
+
+
 def run_distill(
-    args: Sequence[object], env: Mapping[str, object], files: Mapping[str, str] | None = None
+    args: Sequence[object],
+    env: Mapping[str, object],
+    files: Mapping[str, str] | None = None,
+    path: str = "fixture",
 ) -> dict[str, Any]:
-    """Run ``python -m reference.distill ARGS`` in-process with ``env`` as its whole environment, in a fresh
-    temporary working directory (removed afterwards) that holds ``files`` (relative path -> text) first.
+    """Run the command of ``path`` in-process with ``env`` as its whole environment, in a fresh temporary working
+    directory (removed afterwards) that holds ``files`` (relative path -> text) first: ``python -m
+    reference.distill ARGS`` (``"fixture"``) or ``python -m distill MODELS_ARGS --data CORPUS ARGS``
+    (``"models"``; the corpus file lies outside the working directory).
 
     Returns a dict:
 
-    * ``exit_code``, ``stdout``, ``stderr`` and their ``stdout_lines`` / ``stderr_lines``;
+    * ``path``; ``exit_code``, ``stdout``, ``stderr`` and their ``stdout_lines`` / ``stderr_lines``;
     * ``step_lines``: stdout lines that mention ``Step <n>``; ``logged_steps``, ``step_totals``,
       ``step_losses``: the numbers of those lines that have the exact form ``  Step g/G: loss: x.xxxx``;
     * ``epoch_lines``: stdout lines starting ``Epoch <n>``; ``logged_epochs``, ``epoch_totals``,
       ``epoch_losses``: the numbers of those of the exact form ``Epoch e/E: loss: x.xxxx (t.ts)``;
     * ``smoke_lines``: stdout lines starting ``[SMOKE]`` (see :func:`parse_smoke`);
-    * ``output_files``: the files in the output directory after the run (``distill.run``'s view);
+    * ``output_files``: the files in the output directory after the run (``distill.run``'s view), and
+      ``outputs``: its top-level entries, folders with a trailing ``/`` (compare with :func:`outputs`);
     * ``written``: every path under the working directory created, changed or removed by the run;
     * ``traceback``: whether ``Traceback`` appears in either stream.
     """
     argv = [str(a) for a in args]
     _confine_output_dir(argv)
+    command: Any = distill
+    corpus_dir: Path | None = None
+    if _path(path) == "models":
+        command = _models_command()
+        corpus_dir = Path(tempfile.mkdtemp(prefix="kd-corpus-"))
+        corpus = corpus_dir / "corpus.txt"
+        corpus.write_text(models_corpus_text(), encoding="utf-8")
+        argv = [*MODELS_ARGS, "--data", str(corpus), *argv]
     root = Path(tempfile.mkdtemp(prefix="kd-distill-"))
     try:
         for rel, text in (files or {}).items():
@@ -136,19 +229,23 @@ def run_distill(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(str(text), encoding="utf-8")
         before = _snapshot(root)
-        outcome = distill.run(argv, {str(k): str(v) for k, v in env.items()}, cwd=root)
+        outcome = command.run(argv, {str(k): str(v) for k, v in env.items()}, cwd=root)
         after = _snapshot(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        if corpus_dir is not None:
+            shutil.rmtree(corpus_dir, ignore_errors=True)
     written = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     out_lines = outcome.stdout.splitlines()
     steps = [m for m in (_STEP.match(line) for line in out_lines) if m]
     epochs = [m for m in (_EPOCH.match(line) for line in out_lines) if m]
     # Compact, telling fields first: a failure report shows this dict truncated.
     return {
+        "path": path,
         "exit_code": outcome.exit_code,
         "traceback": "Traceback" in outcome.stdout or "Traceback" in outcome.stderr,
         "written": written,
+        "outputs": _top_level(outcome.output_files),
         "output_files": list(outcome.output_files),
         "stderr_lines": outcome.stderr.splitlines(),
         "logged_steps": [int(m[1]) for m in steps],
@@ -309,15 +406,16 @@ def callback_events(
 
 
 def step_update(
-    batch_size: int = 4, seq_len: int = 6, contexts_per_element: int = 3, seed: int = 0
+    batch_size: int = 4, seq_len: int = 6, contexts_per_element: int = 3, seed: int = 0, ignored: int = 0
 ) -> dict[str, Any]:
     """One pipeline step on a batch whose elements use disjoint contexts: element ``b`` draws its input
-    tokens from ``[b*k, (b+1)*k)``, ``k = contexts_per_element``, and every label is the teacher's argmax.
+    tokens from ``[b*k, (b+1)*k)``, ``k = contexts_per_element``, and every label is the teacher's argmax,
+    except the last ``ignored`` positions of every element, labelled ``IGNORE_INDEX``.
 
     Returns ``ids`` ``[B, S]``, ``gradient`` ``[B, S, V]`` (``reference.step.kd_step`` on the batch with the
     student as it was before the step), ``delta`` (the student's table after minus before, ``[C, V]``),
-    ``contexts`` (``C = B * k``), ``lr``, and ``element_moved`` (per element: did any row of its contexts
-    change).
+    ``contexts`` (``C = B * k``), ``lr``, ``element_moved`` (per element: did any row of its contexts
+    change), and ``ignored_gradient`` (the gradient rows of the ignored positions, ``[B * ignored, V]``).
     """
     k = contexts_per_element
     n_contexts = batch_size * k
@@ -325,6 +423,8 @@ def step_update(
     ids = np.stack([rng.integers(b * k, (b + 1) * k, size=seq_len) for b in range(batch_size)])
     teacher = FixtureTeacher(_VOCAB, context_size=n_contexts, seed=seed)
     labels = teacher.logits_for_batch(ids).argmax(axis=-1).astype(np.int64)
+    if ignored:
+        labels[:, seq_len - ignored :] = IGNORE_INDEX
     lr = _DEFAULTS.learning_rate
     student = FixtureStudent(_VOCAB, context_size=n_contexts, seed=seed + 1, learning_rate=lr)
     before = student.table
@@ -355,6 +455,7 @@ def step_update(
         "contexts": n_contexts,
         "lr": lr,
         "element_moved": moved,
+        "ignored_gradient": gradient[labels == IGNORE_INDEX],
     }
 
 
@@ -441,25 +542,53 @@ class _Probe(Callback):
         self.inner.on_train_end(result)
 
 
-def progress_work(log_every: int, epochs: int, steps_per_epoch: int) -> dict[str, int]:
-    """Run a small fixture pipeline with ``ProgressCallback(log_every)`` writing to a counting stream, and
-    count its work: ``steps`` run, ``loss_formats`` (times a step's loss was turned into text), ``writes``
-    (calls to the stream's ``write``), ``step_lines`` and ``epoch_lines`` (lines of each kind written).
+def _models_trainer(epochs: int, steps_per_epoch: int, log_every: int) -> Any:
+    """The models path's trainer as ``python -m distill`` builds it from :data:`MODELS_ARGS` (tiny Llama student
+    and teacher, 16-token sequences in batches of 2), without outputs."""
+    _models_command()  # a "not run" skip without the models extra
+    import torch
+
+    from backends import registry
+    from distill.data import TOKENIZER_PATH, TokenChunks, load_tokenizer, split_documents
+    from distill.models import load_model
+    from distill.teachers.hf import HFTeacher
+    from distill.train import TrainConfig, Trainer
+
+    torch.set_num_threads(1)  # as --threads 1 in MODELS_ARGS
+    documents = [p for p in models_corpus_text().split("\n\n") if p.strip()]
+    train, _ = split_documents(documents)
+    chunks = TokenChunks(train, load_tokenizer(TOKENIZER_PATH), 16)
+    config = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=2, warmup_steps=2)
+    teacher = HFTeacher(load_model("llama-tiny", seed=1), name="llama-tiny")
+    return Trainer(load_model("llama-tiny", seed=0), teacher, chunks, config, registry.get("torch"),
+                   log_every=log_every, progress_bar=False)
+
+
+def progress_work(log_every: int, epochs: int, steps_per_epoch: int, path: str = "fixture") -> dict[str, int]:
+    """Run a small training loop of ``path`` (a fixture pipeline, or the models path's trainer) with
+    ``ProgressCallback(log_every)`` writing to a counting stream, and count its work: ``steps`` run,
+    ``loss_formats`` (times a step's loss was turned into text), ``writes`` (calls to the stream's ``write``),
+    ``step_lines`` and ``epoch_lines`` (lines of each kind written).
     """
     counter = _Counter()
     progress = ProgressCallback(log_every, _CountingStream(counter))  # type: ignore[arg-type]
-    result = _fixture_pipeline(
-        epochs,
-        steps_per_epoch,
-        [_Probe(progress, counter)],
-        vocab=8,
-        batch_size=2,
-        seq_len=4,
-        learning_rate=1.0,
-    ).run()
+    if _path(path) == "models":
+        trainer = _models_trainer(epochs, steps_per_epoch, log_every)
+        trainer.progress = _Probe(progress, counter)
+        steps = trainer.run().metrics.steps_completed
+    else:
+        steps = _fixture_pipeline(
+            epochs,
+            steps_per_epoch,
+            [_Probe(progress, counter)],
+            vocab=8,
+            batch_size=2,
+            seq_len=4,
+            learning_rate=1.0,
+        ).run().metrics.steps_completed
     lines = "".join(counter.text).splitlines()
     return {
-        "steps": result.metrics.steps_completed,
+        "steps": steps,
         "loss_formats": counter.loss_formats,
         "writes": counter.writes,
         "step_lines": sum(1 for line in lines if _STEP_LOOSE.search(line)),
@@ -469,6 +598,8 @@ def progress_work(log_every: int, epochs: int, steps_per_epoch: int) -> dict[str
 
 ATTRIBUTES = (
     "run_distill",
+    "outputs",
+    "old_outputs",
     "parse_smoke",
     "callback_log",
     "callback_events",

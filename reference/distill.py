@@ -90,6 +90,10 @@ The teacher is a fixed {VOCAB_SIZE}-token table model seeded with --seed, the st
 seeded with --seed + 1, the data {SEQ_LEN}-token sequences seeded with --seed + 2. A normal run writes
 {MODEL_FILENAME} and {METADATA_FILENAME} to --output-dir; a smoke run writes nothing.
 exit status: 0 ok, 2 bad flag or variable, 1 outputs not written, 130 interrupted.
+
+Distributed: under torchrun (WORLD_SIZE > 1), or with --distributed anywhere in the arguments, the command
+is `python -m distill.distributed` (a tiny transformer, data or pipeline parallel; see its --help), e.g.
+  torchrun --nproc_per_node 2 -m reference.distill --parallel data --steps 20
 """
 
 
@@ -366,5 +370,29 @@ def run(
     )
 
 
+DISTRIBUTED_FLAG = "--distributed"
+
+
+def distributed_argv(argv: Sequence[str], env: Mapping[str, str]) -> list[str] | None:
+    """The arguments for ``distill.distributed`` when this command runs distributed, else None: under
+    torchrun (``WORLD_SIZE`` > 1) or with ``--distributed`` anywhere in ``argv`` (removed from them)."""
+    world = env.get("WORLD_SIZE", "").strip()
+    if DISTRIBUTED_FLAG in argv or (world.isdigit() and int(world) > 1):
+        return [a for a in argv if a != DISTRIBUTED_FLAG]
+    return None
+
+
+def entry(argv: Sequence[str] | None = None) -> int:
+    """``python -m reference.distill``: :func:`main` in one process; :func:`distill.distributed.__main__.main`
+    under torchrun or with ``--distributed``. The single-process command is unchanged."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    forwarded = distributed_argv(args, os.environ)
+    if forwarded is None:
+        return main(args)
+    from distill.distributed.__main__ import main as distributed_main
+
+    return distributed_main(forwarded)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

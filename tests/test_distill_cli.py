@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bindings.kd_pipeline import MODELS_ARGS, PATHS, models_corpus_text
 from reference import settings
 from reference.distill import RunOutcome, run
 from reference.settings import SettingsError
@@ -45,6 +46,24 @@ def distill(cwd: Path, *args: str, **env_vars: str) -> subprocess.CompletedProce
     )
 
 
+def command(path: str, tmp_path: Path, *args: str, **env_vars: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run the command of ``path`` in a subprocess in ``tmp_path / "run"``: ``python -m reference.distill ARGS``
+    (``fixture``) or ``python -m distill MODELS_ARGS --data CORPUS ARGS`` (``models``: tiny models, the fixture's
+    3 x 20 run shape, the corpus outside the working directory). Returns the process and its working directory."""
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    if path == "fixture":
+        return distill(cwd, *args, **env_vars), cwd
+    pytest.importorskip("transformers", reason="not run: the models path needs the models extra")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(models_corpus_text(), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(env_vars)
+    argv = [sys.executable, "-m", "distill", *MODELS_ARGS, "--data", str(corpus), *args]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300), cwd
+
+
 def files_under(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*"))
 
@@ -53,8 +72,9 @@ def files_under(directory: Path) -> list[str]:
 
 
 @pytest.mark.falsifier_id("FT-OBSERV-001")
-def test_default_run_prints_progress_and_writes_model_and_metadata(tmp_path: Path) -> None:
-    proc = distill(tmp_path)
+@pytest.mark.parametrize("path", PATHS)
+def test_default_run_prints_progress_and_writes_model_and_metadata(tmp_path: Path, path: str) -> None:
+    proc, cwd = command(path, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     steps = STEP.findall(proc.stdout)
@@ -64,28 +84,40 @@ def test_default_run_prints_progress_and_writes_model_and_metadata(tmp_path: Pat
     assert [(e[0], e[1]) for e in epochs] == [("1", "3"), ("2", "3"), ("3", "3")]
     epoch_losses = [float(e[2]) for e in epochs]
     assert epoch_losses == sorted(epoch_losses, reverse=True), "loss falls epoch after epoch"
-    assert files_under(tmp_path) == ["distill-out", "distill-out/metadata.json", "distill-out/student.npz"]
+    if path == "models":
+        assert [f for f in files_under(cwd) if f.count("/") == 1] == [
+            "distill-out/checkpoint.safetensors", "distill-out/loss.png", "distill-out/metadata.json",
+            "distill-out/metrics.jsonl", "distill-out/student"]
+        assert "Student written to distill-out/student" in proc.stdout
+        drop = re.search(r"^Loss (\d+\.\d{4}) -> (\d+\.\d{4}) over 60 steps", proc.stdout, re.M)
+        assert drop and float(drop.group(2)) < float(drop.group(1))
+        meta = json.loads((cwd / "distill-out" / "metadata.json").read_text())
+        assert meta["steps"] == 60 and meta["config"]["epochs"] == 3
+        return
+    assert files_under(cwd) == ["distill-out", "distill-out/metadata.json", "distill-out/student.npz"]
     assert "Model written to distill-out/student.npz" in proc.stdout
     assert "Metadata written to distill-out/metadata.json" in proc.stdout
     drop = re.search(
         r"^Loss (\d+\.\d{4}) -> (\d+\.\d{4}) \(([-+]\d+\.\d)%\) over 60 steps", proc.stdout, re.M
     )
     assert drop and float(drop.group(2)) < float(drop.group(1))
-    meta = json.loads((tmp_path / "distill-out" / "metadata.json").read_text())
+    meta = json.loads((cwd / "distill-out" / "metadata.json").read_text())
     assert meta["metrics"]["steps_completed"] == 60 and meta["config"]["epochs"] == 3
 
 
 @pytest.mark.falsifier_id("FT-OBSERV-003")
-def test_log_every_zero_prints_epoch_lines_only(tmp_path: Path) -> None:
-    proc = distill(tmp_path, DISTILL_LOG_EVERY="0")
+@pytest.mark.parametrize("path", PATHS)
+def test_log_every_zero_prints_epoch_lines_only(tmp_path: Path, path: str) -> None:
+    proc, _ = command(path, tmp_path, DISTILL_LOG_EVERY="0")
     assert proc.returncode == 0, proc.stderr
     assert STEP.findall(proc.stdout) == [] and "Step" not in proc.stdout
     assert [(e[0], e[1]) for e in EPOCH.findall(proc.stdout)] == [("1", "3"), ("2", "3"), ("3", "3")]
 
 
 @pytest.mark.falsifier_id("FT-OBSERV-002")
-def test_log_every_one_prints_every_step(tmp_path: Path) -> None:
-    proc = distill(tmp_path, "--epochs", "2", "--steps-per-epoch", "7", DISTILL_LOG_EVERY="1")
+@pytest.mark.parametrize("path", PATHS)
+def test_log_every_one_prints_every_step(tmp_path: Path, path: str) -> None:
+    proc, _ = command(path, tmp_path, "--epochs", "2", "--steps-per-epoch", "7", DISTILL_LOG_EVERY="1")
     assert proc.returncode == 0, proc.stderr
     assert [int(s[0]) for s in STEP.findall(proc.stdout)] == list(range(1, 15))
     assert [(e[0], e[1]) for e in EPOCH.findall(proc.stdout)] == [("1", "2"), ("2", "2")]

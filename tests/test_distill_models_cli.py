@@ -34,6 +34,11 @@ def corpus(tmp_path_factory) -> Path:
     return h.write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
+def _own_corpus(tmp_path: Path) -> Path:
+    (tmp_path / "data").mkdir()
+    return h.write_corpus(tmp_path / "data")
+
+
 def _args(corpus: Path, *extra: str) -> list[str]:
     return ["--data", str(corpus), "--teacher", "llama-tiny", "--seq-len", "24", "--batch-size", "4",
             "--threads", "1", *extra]
@@ -150,7 +155,9 @@ def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
-def test_bad_inputs_are_one_line_errors(tmp_path: Path, corpus: Path) -> None:
+@pytest.mark.falsifier_id("FT-MODELS-008")
+def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    corpus = _own_corpus(tmp_path)  # no module fixture: the contract's suite runs this test too
     config = json.loads((ROOT / "distill" / "configs" / "llama-tiny.json").read_text())
     (tmp_path / "wide.json").write_text(json.dumps({**config, "vocab_size": 1100}))
     (tmp_path / "narrow.json").write_text(json.dumps({**config, "vocab_size": 512}))
@@ -168,7 +175,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, corpus: Path) -> None:
         _one_line_error(_subprocess(_args(corpus, *extra), tmp_path), *needles)
 
 
-def test_ctrl_c_keeps_the_last_complete_checkpoint_and_resume_continues(tmp_path: Path, corpus: Path) -> None:
+@pytest.mark.falsifier_id("FT-MODELS-007")
+def test_ctrl_c_keeps_the_last_complete_checkpoint_and_resume_continues(tmp_path: Path) -> None:
+    corpus = _own_corpus(tmp_path)  # no module fixture: the contract's suite runs this test too
     args = _args(corpus, "--steps-per-epoch", "8", "--epochs", "50", "--output-dir", "out",
                  "--checkpoint-every", "1")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DISTILL_")}
@@ -191,7 +200,9 @@ def test_ctrl_c_keeps_the_last_complete_checkpoint_and_resume_continues(tmp_path
     from distill.checkpoint import read_checkpoint
 
     step = read_checkpoint(tmp_path / "out" / "checkpoint.safetensors").step
-    assert step >= 3
+    logged = len(metrics.read_text().splitlines())
+    # Every step's checkpoint follows its metrics line: the signal may land between the two, never elsewhere.
+    assert logged >= 3 and step in (logged - 1, logged), (step, logged)
     # Resuming with fewer epochs ends the run sooner (the schedule's horizon follows --epochs).
     shorter = _args(corpus, "--steps-per-epoch", "8", "--epochs", "1", "--output-dir", "out", "--resume")
     resumed = _run(tmp_path, shorter, {"DISTILL_LOG_EVERY": "1"})

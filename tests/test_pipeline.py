@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bindings.kd_pipeline import PATHS, run_distill
 from reference import distill
 from reference import pipeline as pipeline_module
 from reference.pipeline import (
@@ -160,8 +161,17 @@ def test_deterministic_under_the_seed() -> None:
 
 
 @pytest.mark.falsifier_id("F-DISTILL-PIPELINE-001")
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_loss_falls_over_three_epochs(seed: int) -> None:
+@pytest.mark.parametrize(("path", "seed"), [("fixture", 0), ("fixture", 1), ("fixture", 2), ("fixture", 3),
+                                            ("models", 0), ("models", 1)])
+def test_loss_falls_over_three_epochs(path: str, seed: int) -> None:
+    """Both paths: the fixture's 3 x 20 run, and ``python -m distill`` with the same shape on tiny models."""
+    if path == "models":
+        out = run_distill(["--seed", seed], {"DISTILL_LOG_EVERY": "1"}, path="models")
+        assert out["exit_code"] == 0, out["stderr"]
+        losses, means = out["step_losses"], out["epoch_losses"]
+        assert len(losses) == 60 and losses[-1] < losses[0]
+        assert len(means) == 3 and means[0] > means[1] > means[2], means
+        return
     rec = Recorder()
     result = make_command(seed, epochs=3, steps_per_epoch=20, callbacks=[rec])[0].run()
     assert result.metrics.final_loss < result.metrics.initial_loss
@@ -236,7 +246,16 @@ def test_the_student_receives_the_whole_batch() -> None:
 
 
 @pytest.mark.falsifier_id("F-DISTILL-PIPELINE-006")
-def test_vocab_mismatch_is_an_error_before_any_step() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_vocab_mismatch_is_an_error_before_any_step(path: str, tmp_path: Path) -> None:
+    if path == "models":  # a 1100-token teacher config beside the 1024-token tokenizer and student
+        config = json.loads((Path(distill.__file__).parent.parent / "distill/configs/llama-tiny.json").read_text())
+        (tmp_path / "wide.json").write_text(json.dumps({**config, "vocab_size": 1100}))
+        out = run_distill(["--teacher", tmp_path / "wide.json"], {"DISTILL_LOG_EVERY": "1"}, path="models")
+        assert out["exit_code"] == 2 and len(out["stderr_lines"]) == 1 and not out["traceback"], out["stderr"]
+        assert "vocabulary" in out["stderr"] and "1100" in out["stderr"] and "1024" in out["stderr"]
+        assert out["step_lines"] == [] and out["written"] == []
+        return
     rec = Recorder()
     teacher = FixtureTeacher(32)
     with pytest.raises(ValueError, match=r"teacher vocab size 32 != student vocab size 24"):
