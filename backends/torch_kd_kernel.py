@@ -46,7 +46,7 @@ COMPILE_ENV = "KD_TORCH_COMPILE"
 
 COMPILE_MODES = ("auto", "always", "never")
 
-COMPILE_MIN_ELEMENTS = 1 << 20
+COMPILE_MIN_ELEMENTS = 1 << 22
 """In ``auto`` mode, smaller inputs run eagerly: compiling a graph (once per dtype and variant, about
 15-30 s on a small CPU) pays off only on training-sized inputs."""
 
