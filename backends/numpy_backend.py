@@ -93,8 +93,8 @@ class NumpyBackend:
         reduction: str = "mean",
         chunk_rows: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The fused linear KD, ``chunk_rows`` rows at a time (default: about 2^20 logits per chunk), each
-        chunk computed by the reference; equal to :func:`reference.fused_linear.kd_loss_from_hidden`."""
+        """The fused linear KD, at most ``chunk_rows`` rows at a time (and at most 2^16 logits), each piece
+        computed by the reference; equal to :func:`reference.fused_linear.kd_loss_from_hidden`."""
         from reference import checks, fused_linear
 
         reduction = checks.check_reduction(reduction)
@@ -107,7 +107,8 @@ class NumpyBackend:
         y = np.asarray(labels)
         lead = h.shape[:-1]
         h2, y1 = h.reshape(-1, h.shape[-1]), y.reshape(-1)
-        rows = chunk_rows or max(1, (1 << 20) // max(w.shape[0], 1))
+        # The reference makes about 15 temporaries of a chunk's size: keep pieces to 2^16 logits or fewer.
+        rows = min(chunk_rows or h2.shape[0] or 1, max(1, (1 << 16) // max(w.shape[0], 1)))
         valid = int(np.count_nonzero(y1 != ignore_index))
         per_row = np.zeros(h2.shape[0])
         grad_h = np.empty_like(h2)

@@ -29,12 +29,14 @@ RowKernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 per-row KD loss of a chunk (not masked) and ``weight_c``-scaled logit gradient. It validates the chunk's
 logits (raising the reference's ValueError)."""
 
-CHUNK_ELEMENTS = 1 << 21
-"""Default chunk: about this many logits (8 MiB of float32) per chunk."""
+CHUNK_ELEMENTS = 1 << 22
+"""Default chunk: about this many logits (16 MiB of float32) per chunk, the size at which the row kernel is
+compiled (backends.torch_kd_kernel.COMPILE_MIN_ELEMENTS)."""
 
 
 def default_chunk_rows(vocab: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    """Rows per chunk: at least :data:`CHUNK_ELEMENTS` logits (rounded up, so a chunk reaches the compile size)."""
+    return max(1, -(-CHUNK_ELEMENTS // max(vocab, 1)))
 
 
 def torch_row_kernel(

@@ -45,10 +45,11 @@ class TritonBackend(TorchBackend):
     capabilities = CAPABILITIES
 
     block_n: int = 0
-    """Rows per program (0: chosen per device: 16 rows in the interpreter, 1 on a GPU)."""
+    """Rows per program (0: chosen per device: up to 256 rows in the interpreter, 1 on a GPU)."""
     block_v: int = 0
-    """Vocabulary chunk (0: 16 in the interpreter, so that small vocabularies already span several chunks
-    and the online rescale is exercised by the suite's shapes; up to 4096 on a GPU)."""
+    """Vocabulary chunk (0: chosen per device: in the interpreter 16, or 1/8 of a vocabulary wider than 128,
+    so that every vocabulary wider than 16 spans several chunks and the online rescale is exercised by the
+    suite's small shapes; up to 4096 on a GPU)."""
     update: Any = None
     """The online log-sum-exp step (a ``@triton.jit`` function); None: :func:`triton_kernels.online_lse_step`."""
 
@@ -92,11 +93,15 @@ class TritonBackend(TorchBackend):
         else:
             kernel[grid](*args, **meta)
 
-    def _blocks(self, vocab: int) -> tuple[int, int]:
+    def _blocks(self, rows: int, vocab: int) -> tuple[int, int]:
+        """``(BLOCK_N, BLOCK_V)`` for ``[rows, vocab]`` inputs (see :attr:`block_n`, :attr:`block_v`)."""
         import triton
 
         if self.device == "cpu":
-            return self.block_n or 16, self.block_v or 16
+            # The interpreter pays per program and per chunk, not per element: few, large programs, and
+            # the vocabulary in at least 2 chunks once it is wider than 16 (8 chunks for wide ones).
+            block_n = self.block_n or min(256, triton.next_power_of_2(max(rows, 1)))
+            return block_n, self.block_v or max(16, triton.next_power_of_2(max(vocab, 1)) // 8)
         return self.block_n or 1, self.block_v or min(4096, triton.next_power_of_2(max(vocab, 16)))
 
     @staticmethod
@@ -123,7 +128,7 @@ class TritonBackend(TorchBackend):
         stats = torch.empty((n, kernels.N_STATS), dtype=compute, device=s.device)
         if n == 0:
             return stats
-        block_n, block_v = self._blocks(vocab)
+        block_n, block_v = self._blocks(n, vocab)
         grid = (-(-n // block_n),)
         self._launch(kernels.row_stats, grid,
             s,
@@ -177,7 +182,7 @@ class TritonBackend(TorchBackend):
             self._check_values(torch, [("logits", z)])
         result = torch.empty(rows.shape, dtype=out, device=rows.device)
         if rows.shape[0]:
-            block_n, block_v = self._blocks(rows.shape[1])
+            block_n, block_v = self._blocks(*rows.shape)
             self._launch(kernels.softmax_out, (-(-rows.shape[0] // block_n),),
                 rows, stats, result, rows.shape[0], rows.shape[1], rows.stride(0), result.stride(0),
                 1.0 / temperature, LOG=log, ACC=self._acc(torch, compute), BLOCK_N=block_n, BLOCK_V=block_v,
@@ -283,7 +288,7 @@ class TritonBackend(TorchBackend):
         gradient = torch.empty(s2.shape, dtype=out_dtype, device=s2.device)
         if s2.shape[0] == 0:
             return gradient
-        block_n, block_v = self._blocks(s2.shape[1])
+        block_n, block_v = self._blocks(*s2.shape)
         self._launch(kernels.kd_gradient, (-(-s2.shape[0] // block_n),),
             s2, t2, torch.where(weight != 0, y1, 0).clamp(0, s2.shape[1] - 1), stats,
             weight.to(stats.dtype).contiguous(), gradient, s2.shape[0], s2.shape[1], s2.stride(0), t2.stride(0),

@@ -135,12 +135,26 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}: peak memory is measured on Linux only")
 
 
+def _return_freed_blocks() -> None:
+    """Make glibc serve every block of 64 KiB or more with mmap (and so return it on free), so that the
+    resident set follows live memory and a block freed before the measurement does not hide a new one."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError as error:
+        raise RuntimeError(f"peak memory is measured with glibc only: {error}") from error
+    m_mmap_threshold = -3
+    if not libc.mallopt(m_mmap_threshold, 64 * 1024):
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed: peak memory cannot be measured here")
+
+
 def fused_linear_peak(kd: Any, rows: int, hidden: int, vocab: int, chunk_rows: int) -> float:
     """Peak extra resident memory of one ``kd.kd_loss_from_hidden`` call with a teacher given as hidden
     states and weight, in units of one ``[rows, vocab]`` array of the dtype under test.
 
-    Inputs are made and handed to the backend first; the kernel's high-water mark (``VmHWM``, reset
-    through ``/proc/self/clear_refs``) is read after the call, its results still alive (Linux only).
+    Inputs are made and handed to the backend first; the process's high-water mark (``VmHWM``, reset
+    through ``/proc/self/clear_refs``) is read after the call, its results still alive (Linux, glibc).
     """
     backend, dtype = kd.backend, kd.dtype
     if getattr(backend, "device", "cpu") != "cpu":
@@ -154,7 +168,9 @@ def fused_linear_peak(kd: Any, rows: int, hidden: int, vocab: int, chunk_rows: i
         backend.asarray(rng.integers(0, vocab, rows), "int64"),
     ]  # fmt: skip
     kwargs = {"temperature": 2.0, "alpha": 0.5, "chunk_rows": chunk_rows}
-    backend.kd_loss_from_hidden(*args, **kwargs)  # warm-up: lazy imports, first-call caches
+    _return_freed_blocks()
+    warm = [args[0][:chunk_rows], args[1], (args[2][0][:chunk_rows], args[2][1]), args[3][:chunk_rows]]
+    backend.kd_loss_from_hidden(*warm, **kwargs)  # warm-up on one chunk: lazy imports, first-call caches
     Path("/proc/self/clear_refs").write_text("5")
     base = _rss_kib("VmRSS")
     result = backend.kd_loss_from_hidden(*args, **kwargs)

@@ -1,4 +1,5 @@
-"""Hypothesis profiles: ``ci`` (deterministic, used when CI=true), ``dev`` (default) and ``thorough``."""
+"""Hypothesis profiles: ``ci`` (deterministic, used when CI=true), ``interpreter`` (deterministic, few examples:
+the Triton interpreter), ``dev`` (default) and ``thorough``."""
 
 from __future__ import annotations
 
@@ -17,10 +18,21 @@ settings.register_profile(
     print_blob=False,
     suppress_health_check=_QUIET,
 )
+# The Triton interpreter runs every kernel in numpy, about a second a call: CI runs the whole suite against
+# `--backend triton` with this profile (deterministic, fewer examples).
+settings.register_profile(
+    "interpreter",
+    derandomize=True,
+    database=None,
+    max_examples=6,
+    deadline=None,
+    print_blob=False,
+    suppress_health_check=_QUIET,
+)
 settings.register_profile("dev", max_examples=50, deadline=None, suppress_health_check=_QUIET)
 settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=_QUIET)
 
-PROFILES = ("ci", "dev", "thorough")
+PROFILES = ("ci", "interpreter", "dev", "thorough")
 
 
 def default_profile() -> str:
