@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from spec import profiles
 from spec.diagnostics import summary_line, to_json
 from spec.validate import RULES, UsageError, Validation, scanned_directories, validate
 
@@ -116,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "with its diagnosis, counterexample file and reproduction command")
     c.add_argument(
         "--hypothesis-profile",
-        choices=("ci", "dev", "thorough"),
-        help="how hard hypothesis searches (default: ci when CI=true, else dev); see docs/porting.md",
+        choices=profiles.PROFILES,
+        help="how hard hypothesis searches (default: ci when CI=true, else dev; interpreter: few examples, for "
+        "kernels run by an interpreter); see docs/porting.md",
     )
     c.add_argument("-k", dest="keyword", metavar="EXPR",
                    help="run only the falsifiers matching EXPR, e.g. -k F-KD-GRAD-001 or -k 'kd_loss and not GRAD'")
