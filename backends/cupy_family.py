@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from backends.family_members import FamilyMembers
 from backends.protocol import FAMILY_MEMBERS, OPTIONAL_FEATURES
 from reference import checks, topk
 from reference.divergences import DIVERGENCE_NAMES, TOPK_DIVERGENCE_NAMES, check_divergence
@@ -184,7 +185,7 @@ def topk_rows(
 # --------------------------------------------------------------------------------------------------------
 
 
-class CupyFamily:
+class CupyFamily(FamilyMembers):
     """The optional family members on cupy arrays (mixed into the cupy backend; needs its ``_runtime``)."""
 
     capabilities: frozenset[str] = CAPABILITIES
@@ -273,59 +274,6 @@ class CupyFamily:
             if gradient:
                 return _chain(xp, lq, score, temperature).astype(self._family_dtypes(s)[1])
         return value.astype(out)
-
-    def kl_divergence_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._family_dense("forward_kl", True, student_logits, teacher_logits, temperature)
-
-    def reverse_kl(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._family_dense("reverse_kl", False, student_logits, teacher_logits, temperature)
-
-    def reverse_kl_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._family_dense("reverse_kl", True, student_logits, teacher_logits, temperature)
-
-    def generalized_jsd(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
-    ) -> Any:
-        return self._family_dense("generalized_jsd", False, student_logits, teacher_logits, temperature, beta=beta)
-
-    def generalized_jsd_gradient(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
-    ) -> Any:
-        return self._family_dense("generalized_jsd", True, student_logits, teacher_logits, temperature, beta=beta)
-
-    def interpolated_kl(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
-    ) -> Any:
-        return self._family_dense("interpolated_kl", False, student_logits, teacher_logits, temperature, beta=beta)
-
-    def interpolated_kl_gradient(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
-    ) -> Any:
-        return self._family_dense("interpolated_kl", True, student_logits, teacher_logits, temperature, beta=beta)
-
-    def skew_kl(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float) -> Any:
-        return self._family_dense("skew_kl", False, student_logits, teacher_logits, temperature, skew=skew)
-
-    def skew_kl_gradient(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
-    ) -> Any:
-        return self._family_dense("skew_kl", True, student_logits, teacher_logits, temperature, skew=skew)
-
-    def skew_reverse_kl(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
-    ) -> Any:
-        return self._family_dense("skew_reverse_kl", False, student_logits, teacher_logits, temperature, skew=skew)
-
-    def skew_reverse_kl_gradient(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
-    ) -> Any:
-        return self._family_dense("skew_reverse_kl", True, student_logits, teacher_logits, temperature, skew=skew)
-
-    def total_variation(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._family_dense("total_variation", False, student_logits, teacher_logits, temperature)
-
-    def total_variation_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._family_dense("total_variation", True, student_logits, teacher_logits, temperature)
 
     # ---- top-k -----------------------------------------------------------------------------------------
 

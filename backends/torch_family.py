@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from backends.family_members import FamilyMembers
 from backends.protocol import FAMILY_MEMBERS, OPTIONAL_FEATURES, BackendError
 from reference import checks, topk
 from reference.divergences import (
@@ -134,7 +135,7 @@ def _chain(lq: Any, g: Any, temperature: float) -> Any:
 # --------------------------------------------------------------------------------------------------------
 
 
-class TorchFamily:
+class TorchFamily(FamilyMembers):
     """The optional family members on torch tensors (mixed into the torch backend)."""
 
     capabilities: frozenset[str] = CAPABILITIES
@@ -226,7 +227,7 @@ class TorchFamily:
 
     # ---- dense members ---------------------------------------------------------------------------------
 
-    def _dense(self, name: str, gradient: bool, s: Any, t: Any, temperature: Any, **param: Any) -> Any:
+    def _family_dense(self, name: str, gradient: bool, s: Any, t: Any, temperature: Any, **param: Any) -> Any:
         divergence, w = check_divergence(name, **param)
         temperature = checks.check_temperature(temperature)
         torch, s, t, out, s_dtype = self._dense_inputs(s, t)
@@ -236,59 +237,6 @@ class TorchFamily:
         if gradient:
             return _chain(lq, score, temperature).to(_own_dtype(torch, s_dtype))
         return value.to(out)
-
-    def kl_divergence_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._dense("forward_kl", True, student_logits, teacher_logits, temperature)
-
-    def reverse_kl(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._dense("reverse_kl", False, student_logits, teacher_logits, temperature)
-
-    def reverse_kl_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._dense("reverse_kl", True, student_logits, teacher_logits, temperature)
-
-    def generalized_jsd(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
-    ) -> Any:
-        return self._dense("generalized_jsd", False, student_logits, teacher_logits, temperature, beta=beta)
-
-    def generalized_jsd_gradient(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
-    ) -> Any:
-        return self._dense("generalized_jsd", True, student_logits, teacher_logits, temperature, beta=beta)
-
-    def interpolated_kl(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
-    ) -> Any:
-        return self._dense("interpolated_kl", False, student_logits, teacher_logits, temperature, beta=beta)
-
-    def interpolated_kl_gradient(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, beta: float
-    ) -> Any:
-        return self._dense("interpolated_kl", True, student_logits, teacher_logits, temperature, beta=beta)
-
-    def skew_kl(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float) -> Any:
-        return self._dense("skew_kl", False, student_logits, teacher_logits, temperature, skew=skew)
-
-    def skew_kl_gradient(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
-    ) -> Any:
-        return self._dense("skew_kl", True, student_logits, teacher_logits, temperature, skew=skew)
-
-    def skew_reverse_kl(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
-    ) -> Any:
-        return self._dense("skew_reverse_kl", False, student_logits, teacher_logits, temperature, skew=skew)
-
-    def skew_reverse_kl_gradient(
-        self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0, skew: float
-    ) -> Any:
-        return self._dense("skew_reverse_kl", True, student_logits, teacher_logits, temperature, skew=skew)
-
-    def total_variation(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._dense("total_variation", False, student_logits, teacher_logits, temperature)
-
-    def total_variation_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
-        return self._dense("total_variation", True, student_logits, teacher_logits, temperature)
 
     # ---- top-k -----------------------------------------------------------------------------------------
 
