@@ -265,6 +265,16 @@ class TorchBackend(TorchFamily):
         reduction: str = "mean",
     ) -> torch.Tensor:
         """``CE_i = -log softmax(s_i)[y_i]`` (untempered), 0 on ignored rows, then reduced."""
+        torch, s, y, ignore_index, reduction = self._ce_inputs(logits, labels, ignore_index, reduction)
+        self._check_values(torch, [("logits", s)], (y, s.shape[-1], ignore_index))
+        compute, out = self._compute_dtype(torch, s)
+        valid = y != ignore_index
+        ce = _cross_entropy_rows(torch, torch.log_softmax(s.to(compute), dim=-1), y, valid)
+        return _reduce(torch, ce, valid, reduction).to(out)
+
+    def _ce_inputs(self, logits: Any, labels: Any, ignore_index: Any, reduction: Any) -> tuple:
+        """``(torch, s, y, ignore_index, reduction)`` checked as the reference checks them, in its order: the
+        arguments, the logits' shape, then the labels (a bad label array reports bad logit values first)."""
         reduction = checks.check_reduction(reduction)
         ignore_index = checks.check_ignore_index(ignore_index)
         torch = self._torch()
@@ -276,11 +286,7 @@ class TorchBackend(TorchFamily):
         except ValueError:
             self._check_values(torch, [("logits", s)])
             raise
-        self._check_values(torch, [("logits", s)], (y, s.shape[-1], ignore_index))
-        compute, out = self._compute_dtype(torch, s)
-        valid = y != ignore_index
-        ce = _cross_entropy_rows(torch, torch.log_softmax(s.to(compute), dim=-1), y, valid)
-        return _reduce(torch, ce, valid, reduction).to(out)
+        return torch, s, y, ignore_index, reduction
 
     def kl_divergence(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> torch.Tensor:
         """Per-row ``KL(softmax(t/T) || softmax(s/T))``, shape ``student_logits.shape[:-1]``."""

@@ -208,17 +208,7 @@ class TritonBackend(TorchBackend):
         """``CE_i = m_i + lse_i - s_{i, y_i}`` from the row statistics, 0 on ignored rows, then reduced."""
         from backends import triton_kernels as kernels
 
-        reduction = checks.check_reduction(reduction)
-        ignore_index = checks.check_ignore_index(ignore_index)
-        torch = self._torch()
-        s = self._logits(torch, "logits", logits)
-        checks.check_logits_shape("logits", tuple(s.shape))
-        try:
-            y = self._labels(torch, labels, s.device)
-            checks.check_labels_shape(tuple(y.shape), tuple(s.shape))
-        except ValueError:
-            self._check_values(torch, [("logits", s)])
-            raise
+        torch, s, y, ignore_index, reduction = self._ce_inputs(logits, labels, ignore_index, reduction)
         compute, out = self._compute_dtype(torch, s)
         rows = self._rows(torch, s, compute)
         stats = self._stats(torch, rows, None, inv_temp=1.0, ce=True, q=False, compute=compute)
