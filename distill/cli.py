@@ -23,16 +23,16 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 from reference import settings
+from reference.cli_parser import EXIT_BAD_SETTING, ParserExit, StreamParser
 from reference.smoke import format_smoke_report, smoke_report
 
 __all__ = ["EXIT_BAD_SETTING", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_WRITE_FAILED", "RunOutcome", "main", "run"]
 
 EXIT_OK = 0
 EXIT_WRITE_FAILED = 1
-EXIT_BAD_SETTING = 2
 EXIT_INTERRUPTED = 130
 
 PROG = "python -m distill"
@@ -81,38 +81,9 @@ exit status: 0 ok, 2 bad flag, variable or input, 1 outputs not written, 130 int
 """
 
 
-class _ParserExit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that writes to the given streams and raises instead of calling ``sys.exit``."""
-
-    def __init__(self, *, out: TextIO, err: TextIO, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._out, self._err = out, err
-
-    def print_help(self, file: TextIO | None = None) -> None:
-        super().print_help(self._out if file is None else file)
-
-    def print_usage(self, file: TextIO | None = None) -> None:
-        super().print_usage(self._out if file is None else file)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            self._err.write(message)
-        raise _ParserExit(status)
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(self._err)
-        self.exit(EXIT_BAD_SETTING, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(stdout: TextIO, stderr: TextIO) -> argparse.ArgumentParser:
     """The command's parser; values stay strings and are validated by :func:`_options`."""
-    parser = _Parser(
+    parser = StreamParser(
         out=stdout,
         err=stderr,
         prog=PROG,
@@ -421,7 +392,7 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str], stdout: TextIO, st
     parser = build_parser(stdout, stderr)
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    except _ParserExit as stop:
+    except ParserExit as stop:
         return stop.status, None
     options: Options | None = None
     from distill.teacher_cache import CacheError

@@ -21,11 +21,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TextIO
 
 import numpy as np
 
 from reference import settings
+from reference.cli_parser import EXIT_BAD_SETTING, ParserExit, StreamParser
 from reference.pipeline import (
     METADATA_FILENAME,
     MODEL_FILENAME,
@@ -55,7 +56,6 @@ __all__ = [
 
 EXIT_OK = 0
 EXIT_WRITE_FAILED = 1
-EXIT_BAD_SETTING = 2
 EXIT_INTERRUPTED = 130
 
 PROG = "python -m reference.distill"
@@ -97,39 +97,9 @@ is `python -m distill.distributed` (a tiny transformer, data or pipeline paralle
 """
 
 
-class _ParserExit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that writes to the given streams and raises instead of calling ``sys.exit``."""
-
-    def __init__(self, *, out: TextIO, err: TextIO, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._out = out
-        self._err = err
-
-    def print_help(self, file: TextIO | None = None) -> None:
-        super().print_help(self._out if file is None else file)
-
-    def print_usage(self, file: TextIO | None = None) -> None:
-        super().print_usage(self._out if file is None else file)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            self._err.write(message)
-        raise _ParserExit(status)
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(self._err)
-        self.exit(EXIT_BAD_SETTING, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(stdout: TextIO | None = None, stderr: TextIO | None = None) -> argparse.ArgumentParser:
     """The command's argument parser. Values stay strings; :func:`resolve_options` validates them."""
-    parser = _Parser(
+    parser = StreamParser(
         out=sys.stdout if stdout is None else stdout,
         err=sys.stderr if stderr is None else stderr,
         prog=PROG,
@@ -291,7 +261,7 @@ def _main(
     parser = build_parser(stdout, stderr)
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    except _ParserExit as stop:
+    except ParserExit as stop:
         return stop.status, None
     output_dir: Path | None = None
     try:
