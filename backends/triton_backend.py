@@ -180,6 +180,11 @@ class TritonBackend(TorchBackend):
         stats = self._stats(torch, rows, None, inv_temp=1.0 / temperature, ce=False, q=True, compute=compute)
         if self._flagged(torch, stats, (kernels.MQ,)):
             self._check_values(torch, [("logits", z)])
+        if temperature < 1.0 and rows.shape[0] and bool((stats[:, kernels.MQ] == float("inf")).any()):
+            # z / T overflowed (finite logits near the dtype's limit, T < 1): shift before dividing, as the
+            # reference does; softmax is invariant to the per-row shift. Only this rare case pays the extra pass.
+            rows = rows - rows.amax(dim=-1, keepdim=True)
+            stats = self._stats(torch, rows, None, inv_temp=1.0 / temperature, ce=False, q=True, compute=compute)
         result = torch.empty(rows.shape, dtype=out, device=rows.device)
         if rows.shape[0]:
             block_n, block_v = self._blocks(*rows.shape)
