@@ -194,18 +194,6 @@ class CupyFamily(FamilyMembers):
         raise NotImplementedError
 
     @staticmethod
-    def _family_host(xp: Any, x: Any) -> np.ndarray:
-        return xp.asnumpy(x) if hasattr(xp, "asnumpy") else np.asarray(x)
-
-    @staticmethod
-    def _family_array(xp: Any, name: str, x: Any) -> Any:
-        if not isinstance(x, xp.ndarray):
-            x = xp.asarray(checks.as_float64_logits(name, x))
-        if x.dtype.kind not in ("f", "i", "u"):
-            raise ValueError(checks.logits_dtype_message(name, x.dtype))
-        return x
-
-    @staticmethod
     def _family_ints(xp: Any, x: Any, message: Callable[[Any], str], convert: Callable[[Any], Any]) -> Any:
         if not isinstance(x, xp.ndarray):
             x = xp.asarray(convert(x))
@@ -221,7 +209,7 @@ class CupyFamily(FamilyMembers):
         ]
         if any(flags):
             for name, x in named:
-                checks.check_logits(name, self._family_host(xp, x))
+                checks.check_logits(name, self._host(xp, x))
 
     @staticmethod
     def _family_dtypes(*arrays: Any) -> tuple[Any, Any]:
@@ -231,7 +219,7 @@ class CupyFamily(FamilyMembers):
     def _family_topk_inputs(self, xp: Any, s: Any, logprobs: Any, ids: Any, mode: str, temperature: float) -> tuple:
         if mode == "tail" and temperature != 1.0:
             raise ValueError(topk.tail_temperature_message(temperature))
-        lp = self._family_array(xp, "teacher_topk_logprobs", logprobs)
+        lp = self._logits(xp, "teacher_topk_logprobs", logprobs)
         ix = self._family_ints(xp, ids, topk.ids_dtype_message, np.asarray)
         vocab = checks.check_logits_shape("student_logits", tuple(s.shape))
         topk.check_topk_shapes(tuple(s.shape), tuple(lp.shape), tuple(ix.shape))
@@ -252,7 +240,7 @@ class CupyFamily(FamilyMembers):
             bad = bad | xp.isneginf(s2[xp.arange(s2.shape[0])[:, None], ix2]).all(axis=-1).any()
         if bool(bad):
             topk.check_topk_values(
-                self._family_host(xp, lp), self._family_host(xp, ix), vocab, mode, self._family_host(xp, s)
+                self._host(xp, lp), self._host(xp, ix), vocab, mode, self._host(xp, s)
             )
         return lp, ix
 
@@ -262,8 +250,8 @@ class CupyFamily(FamilyMembers):
         divergence, w = check_divergence(name, **param)
         temperature = checks.check_temperature(temperature)
         xp, _ = self._runtime()
-        s = self._family_array(xp, "student_logits", s)
-        t = self._family_array(xp, "teacher_logits", t)
+        s = self._logits(xp, "student_logits", s)
+        t = self._logits(xp, "teacher_logits", t)
         checks.check_shapes(tuple(s.shape), tuple(t.shape))
         self._family_check_logits(xp, ("student_logits", s), ("teacher_logits", t))
         compute, out = self._family_dtypes(s, t)
@@ -284,7 +272,7 @@ class CupyFamily(FamilyMembers):
         member, w = check_divergence(divergence, beta, None, TOPK_DIVERGENCE_NAMES)
         temperature = checks.check_temperature(temperature)
         xp, _ = self._runtime()
-        s = self._family_array(xp, "student_logits", student_logits)
+        s = self._logits(xp, "student_logits", student_logits)
         lp, ix = self._family_topk_inputs(xp, s, logprobs, ids, mode, temperature)
         compute, out = self._family_dtypes(s, lp)
         vocab, k = s.shape[-1], ix.shape[-1]
@@ -349,7 +337,7 @@ class CupyFamily(FamilyMembers):
         member, w = check_divergence(divergence, beta, skew, TOPK_DIVERGENCE_NAMES if sparse else DIVERGENCE_NAMES)
         norm = check_normalizer(normalizer, reduction)
         xp, _ = self._runtime()
-        s = self._family_array(xp, "student_logits", student_logits)
+        s = self._logits(xp, "student_logits", student_logits)
         vocab = checks.check_logits_shape("student_logits", tuple(s.shape))
         if sparse:
             pair = as_topk(teacher)
@@ -365,7 +353,7 @@ class CupyFamily(FamilyMembers):
                     mode, member.name, w, temperature,
                 )  # fmt: skip
         else:
-            t = self._family_array(xp, "teacher_logits", teacher)
+            t = self._logits(xp, "teacher_logits", teacher)
             y = self._family_ints(xp, labels, checks.labels_dtype_message, checks.as_integer_labels)
             checks.check_shapes(tuple(s.shape), tuple(t.shape), tuple(y.shape))
             self._family_check_logits(xp, ("student_logits", s), ("teacher_logits", t))
@@ -377,7 +365,7 @@ class CupyFamily(FamilyMembers):
                 dvalue = _chain(xp, lq, score, temperature)
         y1 = y.reshape(-1)
         if y1.size and bool(((y1 != ignore_index) & ((y1 < 0) | (y1 >= vocab))).any()):
-            checks.check_labels(self._family_host(xp, y), vocab, ignore_index)
+            checks.check_labels(self._host(xp, y), vocab, ignore_index)
         valid = y1 != ignore_index
         s2 = s.reshape(-1, vocab).astype(compute)
         with _quiet(xp):

@@ -380,7 +380,10 @@ class TorchBackend(TorchFamily):
         :mod:`backends.torch_fused_linear` (whose ``fused_linear_kd_loss`` is the differentiable form).
         """
         return _fused_linear(self, student_hidden, student_weight, teacher, labels, temperature, alpha,
-                             ignore_index, reduction, chunk_rows, None)  # fmt: skip
+                             ignore_index, reduction, chunk_rows, self._row_kernel)  # fmt: skip
+
+    _row_kernel: Any = None
+    """The per-chunk kernel of :meth:`kd_loss_from_hidden` (``None``: torch's own); Triton overrides it."""
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from backends.protocol import FLOAT_DTYPES, Availability
-from backends.torch_backend import TorchBackend, _fused_linear, _reduce
+from backends.torch_backend import TorchBackend, _reduce
 from reference import checks
 
 if TYPE_CHECKING:
@@ -340,24 +340,6 @@ class TritonBackend(TorchBackend):
         )
         return gradient.reshape(s.shape)
 
-
-    def kd_loss_from_hidden(
-        self,
-        student_hidden: Any,
-        student_weight: Any,
-        teacher: Any,
-        labels: Any,
-        *,
-        temperature: float,
-        alpha: float,
-        ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
-        reduction: str = "mean",
-        chunk_rows: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(loss, dL/dh, dL/dW)`` of the KD loss of ``h W^T``: the torch chunk loop (matmuls by torch)
-        with the row statistics and the logit gradient of each chunk computed by the Triton kernels."""
-        return _fused_linear(self, student_hidden, student_weight, teacher, labels, temperature, alpha,
-                             ignore_index, reduction, chunk_rows, self._row_kernel)  # fmt: skip
 
     def _row_kernel(
         self, s: Any, t: Any, y: Any, weight: Any, *, temperature: float, alpha: float, gradient: bool
