@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -343,7 +344,41 @@ class TorchFamily(FamilyMembers):
         normalizer: Any,
     ) -> Any:
         """``kd_loss`` (or its gradient) over the family: ``alpha CE + (1 - alpha) T^2 D`` per row, reduced,
-        ``mean`` dividing by ``normalizer`` when given."""
+        ``mean`` dividing by ``normalizer`` when given.
+
+        Validation (:meth:`_family_kd_inputs`) and the reduction are shared; the row math is
+        :meth:`_kd_rows_dense` or :meth:`_kd_rows_topk`, which a backend built on this one (Triton) overrides.
+        """
+        call = self._family_kd_inputs(
+            student_logits, teacher, labels, temperature, alpha, divergence, beta, skew, ignore_index, reduction,
+            normalizer,
+        )  # fmt: skip
+        rows = self._kd_rows_topk if call.sparse else self._kd_rows_dense
+        per_row, gradient = rows(call, want_gradient)
+        if want_gradient:
+            return gradient
+        torch = call.torch
+        per_row = torch.where(call.valid, per_row, 0.0)
+        if call.reduction == "none":
+            return per_row.to(call.out)
+        total = per_row.sum()
+        return (total if call.reduction == "sum" else total / call.count).to(call.out)
+
+    def _family_kd_inputs(
+        self,
+        student_logits: Any,
+        teacher: Any,
+        labels: Any,
+        temperature: Any,
+        alpha: Any,
+        divergence: Any,
+        beta: Any,
+        skew: Any,
+        ignore_index: Any,
+        reduction: Any,
+        normalizer: Any,
+    ) -> KDCall:
+        """Every check of the reference, in its order, on a family ``kd_loss`` call; one host sync when valid."""
         temperature, alpha, reduction = checks.check_hyperparameters(temperature, alpha, reduction)
         ignore_index = checks.check_ignore_index(ignore_index)
         sparse = is_topk(teacher)
@@ -358,35 +393,82 @@ class TorchFamily(FamilyMembers):
             y = self._integers(torch, labels, checks.labels_dtype_message, checks.as_integer_labels)
             checks.check_labels_shape(tuple(y.shape), tuple(s.shape))
             compute, out = self._compute(torch, s, lp)
-            value, dvalue = self._topk(s.to(compute), lp.to(compute), ix, mode, member.name, w, temperature)
+            teacher_data: Any = (lp, ix, mode)
         else:
             t = self._tensor(torch, "teacher_logits", teacher)
             y = self._integers(torch, labels, checks.labels_dtype_message, checks.as_integer_labels)
             checks.check_shapes(tuple(s.shape), tuple(t.shape), tuple(y.shape))
             self._check_logits(torch, ("student_logits", s), ("teacher_logits", t))
             compute, out = self._compute(torch, s, t)
-            lq = torch.log_softmax(s.to(compute) / temperature, dim=-1)
-            lp = torch.log_softmax(t.to(compute) / temperature, dim=-1)
-            value, score = ROWS[member.name](torch, lq, lp, w)
-            dvalue = _chain(lq, score, temperature)
-        vocab, s_dtype = s.shape[-1], s.dtype
+            teacher_data = t
+        vocab = s.shape[-1]
         if y.numel() and bool(((y != ignore_index) & ((y < 0) | (y >= vocab))).any()):
             checks.check_labels(self._host(torch, y), vocab, ignore_index)
         valid = y != ignore_index
-        s = s.to(compute)
-        lq1 = torch.log_softmax(s, dim=-1)
-        label = torch.where(valid, y, 0)
-        weight = (1.0 - alpha) * temperature**2
         count = norm if norm is not None else valid.sum().clamp(min=1).to(compute)
-        if want_gradient:
-            hard = lq1.exp() - torch.nn.functional.one_hot(label, vocab).to(compute)
-            soft = torch.where(valid[..., None], dvalue, 0.0)
-            gradient = _weighted(torch, alpha, hard) + _weighted(torch, weight, soft)
-            gradient = torch.where(valid[..., None], gradient, 0.0)
-            return (gradient / count if reduction == "mean" else gradient).to(_own_dtype(torch, s_dtype))
-        ce = torch.where(valid, -lq1.gather(-1, label[..., None])[..., 0], 0.0)
-        per_row = _weighted(torch, alpha, ce) + _weighted(torch, weight, torch.where(valid, value, 0.0))
-        if reduction == "none":
-            return per_row.to(out)
-        total = per_row.sum()
-        return (total if reduction == "sum" else total / count).to(out)
+        weight = valid.to(compute)
+        return KDCall(
+            torch=torch, s=s, teacher=teacher_data, y=torch.where(valid, y, 0), valid=valid,
+            weight=weight / count if reduction == "mean" else weight, name=member.name, w=w,
+            temperature=temperature, alpha=alpha, reduction=reduction, count=count, compute=compute, out=out,
+        )  # fmt: skip
+
+    def _kd_rows_dense(self, call: KDCall, want_gradient: bool) -> tuple[Any, Any]:
+        """:meth:`_kd_rows` of a dense teacher (``call.teacher`` is its logits)."""
+        torch = call.torch
+        lq = torch.log_softmax(call.s.to(call.compute) / call.temperature, dim=-1)
+        lp = torch.log_softmax(call.teacher.to(call.compute) / call.temperature, dim=-1)
+        value, score = ROWS[call.name](torch, lq, lp, call.w)
+        return self._kd_rows(call, value, _chain(lq, score, call.temperature) if want_gradient else None)
+
+    def _kd_rows_topk(self, call: KDCall, want_gradient: bool) -> tuple[Any, Any]:
+        """:meth:`_kd_rows` of a top-k teacher (``call.teacher`` is ``(logprobs, ids, mode)``)."""
+        lp, ix, mode = call.teacher
+        s = call.s.to(call.compute)
+        value, dvalue = self._topk(s, lp.to(call.compute), ix, mode, call.name, call.w, call.temperature)
+        return self._kd_rows(call, value, dvalue)
+
+    @staticmethod
+    def _kd_rows(call: KDCall, value: Any, dvalue: Any | None) -> tuple[Any, Any]:
+        """``(per_row, gradient)``: ``alpha CE + (1 - alpha) T^2 D`` on every row (ignored rows are masked by
+        the caller) and, when ``dvalue`` (``dD/ds``) is given, ``call.weight * d per_row / ds`` in the student's
+        own dtype, 0 on ignored rows."""
+        torch, alpha, s = call.torch, call.alpha, call.s.to(call.compute)
+        lq1 = torch.log_softmax(s, dim=-1)
+        weight = (1.0 - alpha) * call.temperature**2
+        ce = -lq1.gather(-1, call.y[..., None])[..., 0]
+        per_row = _weighted(torch, alpha, ce) + _weighted(torch, weight, value)
+        if dvalue is None:
+            return per_row, None
+        hard = lq1.exp() - torch.nn.functional.one_hot(call.y, s.shape[-1]).to(call.compute)
+        gradient = _weighted(torch, alpha, hard) + _weighted(torch, weight, dvalue)
+        gradient = torch.where(call.valid[..., None], gradient * call.weight[..., None], 0.0)
+        return per_row, gradient.to(_own_dtype(torch, call.s.dtype))
+
+
+@dataclass(frozen=True)
+class KDCall:
+    """A validated ``kd_loss`` call over the family (:meth:`TorchFamily._family_kd_inputs`)."""
+
+    torch: Any
+    s: Any
+    """The student's logits as given (own dtype), on the backend's device."""
+    teacher: Any
+    """Dense: the teacher's logits tensor. Top-k: ``(logprobs, ids, mode)``, validated."""
+    y: Any
+    """int64 labels, ignored rows replaced by 0 (always a valid column)."""
+    valid: Any
+    weight: Any
+    """Per-row weight of the gradient (compute dtype): ``valid / count`` for ``mean``, ``valid`` otherwise."""
+    name: str
+    w: float | None
+    temperature: float
+    alpha: float
+    reduction: str
+    count: Any
+    compute: Any
+    out: Any
+
+    @property
+    def sparse(self) -> bool:
+        return isinstance(self.teacher, tuple)

@@ -45,6 +45,14 @@ def online_lse_step(m, z, x):
 
 
 @triton.jit
+def ce_gradient(s, cols, m1, lse1, y):
+    """``softmax(s) - onehot(y)`` on one chunk ``s`` ``[BLOCK_N, BLOCK_V]`` at columns ``cols``, from the CE
+    statistics ``(m1, lse1)`` of :func:`row_stats`; shared by every gradient kernel with a CE term."""
+    q1 = tl.exp((s - m1[:, None]) - lse1[:, None])
+    return tl.where(cols[None, :] == y[:, None], q1 - 1.0, q1)
+
+
+@triton.jit
 def _count_bad(x):
     """Per row: how many entries are NaN or +inf."""
     return tl.sum(((x != x) | (x == float("inf"))).to(tl.int32), axis=1)
@@ -188,8 +196,7 @@ def kd_gradient(
         s = tl.load(S + rows[:, None] * stride_s + cols[None, :], mask=mask, other=0.0).to(ACC)
         g = tl.zeros((BLOCK_N, BLOCK_V), ACC)
         if HAS_CE:
-            q1 = tl.exp((s - m1[:, None]) - lse1[:, None])
-            g += w_ce * tl.where(cols[None, :] == y[:, None], q1 - 1.0, q1)
+            g += w_ce * ce_gradient(s, cols, m1, lse1, y)
         if HAS_KL:
             t = tl.load(T + rows[:, None] * stride_t + cols[None, :], mask=mask, other=0.0).to(ACC)
             q = tl.exp((s * inv_temp - mq[:, None]) - lseq[:, None])
