@@ -350,15 +350,20 @@ class TorchFamily(FamilyMembers):
         :meth:`_kd_rows_dense` or :meth:`_kd_rows_topk`, which a backend built on this one (Triton) overrides.
         """
         call = self._family_kd_inputs(
-            student_logits, teacher, labels, temperature, alpha, divergence, beta, skew, ignore_index, reduction,
-            normalizer,
+            student_logits, teacher, labels, temperature=temperature, alpha=alpha, divergence=divergence, beta=beta,
+            skew=skew, ignore_index=ignore_index, reduction=reduction, normalizer=normalizer,
         )  # fmt: skip
-        rows = self._kd_rows_topk if call.sparse else self._kd_rows_dense
-        per_row, gradient = rows(call, want_gradient)
-        if want_gradient:
-            return gradient
-        torch = call.torch
-        per_row = torch.where(call.valid, per_row, 0.0)
+        per_row, gradient = self._kd_rows_of(call)(call, want_gradient)
+        return gradient if want_gradient else self._family_reduce(call, per_row)
+
+    def _kd_rows_of(self, call: KDCall) -> Callable[[KDCall, bool], tuple[Any, Any]]:
+        """The row method of ``call``'s teacher: :meth:`_kd_rows_topk` or :meth:`_kd_rows_dense`."""
+        return self._kd_rows_topk if call.sparse else self._kd_rows_dense
+
+    @staticmethod
+    def _family_reduce(call: KDCall, per_row: Any) -> Any:
+        """Masked per-row losses reduced as ``call.reduction`` says, in the output dtype."""
+        per_row = call.torch.where(call.valid, per_row, 0.0)
         if call.reduction == "none":
             return per_row.to(call.out)
         total = per_row.sum()
@@ -369,6 +374,7 @@ class TorchFamily(FamilyMembers):
         student_logits: Any,
         teacher: Any,
         labels: Any,
+        *,
         temperature: Any,
         alpha: Any,
         divergence: Any,

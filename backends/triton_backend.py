@@ -19,11 +19,13 @@ float32; results come back in the input's dtype (the torch backend's policy).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from backends.protocol import FLOAT_DTYPES, Availability
 from backends.torch_backend import TorchBackend, _reduce
 from reference import checks
+from reference.kd_family import uses_family
 
 if TYPE_CHECKING:
     import torch
@@ -306,13 +308,22 @@ class TritonBackend(TorchBackend):
         *,
         temperature: float,
         alpha: float,
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        skew: float | None = None,
         ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
         reduction: str = "mean",
+        normalizer: float | None = None,
     ) -> torch.Tensor:
         """``alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))`` per row, then reduced.
 
-        Differentiable with respect to ``student_logits`` (backward is the gradient kernel).
+        Differentiable with respect to ``student_logits`` (backward is the gradient kernel). Another
+        ``divergence``, a top-k teacher or a ``normalizer`` go to :meth:`family_kd`, differentiable the same way.
         """
+        if uses_family(teacher_logits, divergence, beta, skew, normalizer):
+            family = {"divergence": divergence, "beta": beta, "skew": skew, "normalizer": normalizer}
+            kw = {"temperature": temperature, "alpha": alpha, "ignore_index": ignore_index, "reduction": reduction}
+            return self.family_kd(False, student_logits, teacher_logits, labels, **kw, **family)
         torch, s, t, y, temperature, alpha, ignore_index, reduction = self._kd_inputs(
             student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
         )
@@ -326,10 +337,18 @@ class TritonBackend(TorchBackend):
         *,
         temperature: float,
         alpha: float,
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        skew: float | None = None,
         ignore_index: int = checks.DEFAULT_IGNORE_INDEX,
         reduction: str = "mean",
+        normalizer: float | None = None,
     ) -> torch.Tensor:
         """``alpha (softmax(s) - e_y) + (1 - alpha) T (softmax(s/T) - softmax(t/T))`` per row, reduced."""
+        if uses_family(teacher_logits, divergence, beta, skew, normalizer):
+            family = {"divergence": divergence, "beta": beta, "skew": skew, "normalizer": normalizer}
+            kw = {"temperature": temperature, "alpha": alpha, "ignore_index": ignore_index, "reduction": reduction}
+            return self.family_kd(True, student_logits, teacher_logits, labels, **kw, **family)
         torch, s, t, y, temperature, alpha, ignore_index, reduction = self._kd_inputs(
             student_logits, teacher_logits, labels, temperature, alpha, ignore_index, reduction
         )
@@ -340,6 +359,13 @@ class TritonBackend(TorchBackend):
         )
         return gradient.reshape(s.shape)
 
+    def family_kd(self, want_gradient: bool, student_logits: Any, teacher: Any, labels: Any, **kw: Any) -> Any:
+        """:meth:`TorchFamily.family_kd`; the loss is differentiable with respect to ``student_logits``, its
+        backward the row methods' analytic gradient with ``grad_output`` folded into the row weights."""
+        if want_gradient:
+            return super().family_kd(True, student_logits, teacher, labels, **kw)
+        call = self._family_kd_inputs(student_logits, teacher, labels, **kw)
+        return _triton_family_function(call.torch).apply(self, call, call.s)
 
     def _row_kernel(
         self, s: Any, t: Any, y: Any, weight: Any, *, temperature: float, alpha: float, gradient: bool
@@ -392,6 +418,32 @@ def _triton_kd_function(torch: Any) -> Any:
 
     _FUNCTIONS["kd"] = TritonKDLoss
     return TritonKDLoss
+
+
+def _triton_family_function(torch: Any) -> Any:
+    """The ``torch.autograd.Function`` of a family ``kd_loss`` on Triton (defined on first use)."""
+    if "family" in _FUNCTIONS:
+        return _FUNCTIONS["family"]
+
+    class TritonFamilyKDLoss(torch.autograd.Function):
+        """Forward: the row method's losses, reduced. Backward: its gradient with ``grad_output`` in the weights."""
+
+        @staticmethod
+        def forward(ctx: Any, backend, call, s):  # type: ignore[override]
+            per_row, _ = backend._kd_rows_of(call)(call, False)
+            ctx.hyper = (backend, call)
+            return backend._family_reduce(call, per_row)
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx: Any, grad_output):  # type: ignore[override]
+            backend, call = ctx.hyper
+            scale = grad_output.to(call.compute).reshape(call.weight.shape if call.reduction == "none" else ())
+            _, gradient = backend._kd_rows_of(call)(replace(call, weight=call.weight * scale), True)
+            return None, None, gradient
+
+    _FUNCTIONS["family"] = TritonFamilyKDLoss
+    return TritonFamilyKDLoss
 
 
 BACKEND = TritonBackend()
