@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from backends.family_members import FamilyMembers
+from backends.family_rows import ROWS, chain, weighted
 from backends.protocol import FAMILY_MEMBERS, OPTIONAL_FEATURES
 from reference import checks, topk
 from reference.divergences import DIVERGENCE_NAMES, TOPK_DIVERGENCE_NAMES, check_divergence
@@ -50,91 +51,6 @@ def logsumexp(xp: Any, z: Any, keepdims: bool = False) -> Any:
 def log_softmax(xp: Any, z: Any, temperature: float) -> Any:
     scaled = z / temperature
     return scaled - logsumexp(xp, scaled, keepdims=True)
-
-
-def _kl(xp: Any, lx: Any, ly: Any) -> Any:
-    support = lx > -math.inf
-    return xp.where(support, xp.exp(lx) * (lx - xp.where(support, ly, 0.0)), 0.0).sum(axis=-1)
-
-
-def _mix(xp: Any, w: float, lx: Any, ly: Any) -> Any:
-    if w == 0.0:
-        return ly
-    if w == 1.0:
-        return lx
-    return xp.logaddexp(lx + math.log(w), ly + math.log1p(-w))
-
-
-def _times_q(xp: Any, lq: Any, factor: Any) -> Any:
-    support = lq > -math.inf
-    return xp.where(support, xp.exp(lq) * xp.where(support, factor, 0.0), 0.0)
-
-
-def _weighted(xp: Any, w: float, x: Any) -> Any:
-    return xp.zeros_like(x) if w == 0.0 else w * x
-
-
-def _forward(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    return _kl(xp, lp, lq), -xp.exp(lp)
-
-
-def _reverse(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    return _kl(xp, lq, lp), _times_q(xp, lq, lq - lp)
-
-
-def _jsd(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    assert w is not None
-    if w == 0.0:
-        return _forward(xp, lq, lp, None)
-    if w == 1.0:
-        return _reverse(xp, lq, lp, None)
-    lm = _mix(xp, w, lp, lq)
-    return w * _kl(xp, lp, lm) + (1 - w) * _kl(xp, lq, lm), (1 - w) * _times_q(xp, lq, lq - lm)
-
-
-def _interpolated(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    assert w is not None
-    fv, fg = _forward(xp, lq, lp, None)
-    rv, rg = _reverse(xp, lq, lp, None)
-    return _weighted(xp, 1 - w, fv) + _weighted(xp, w, rv), _weighted(xp, 1 - w, fg) + _weighted(xp, w, rg)
-
-
-def _skew(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    assert w is not None
-    lm = _mix(xp, w, lp, lq)
-    both = (lp > -math.inf) & (lq > -math.inf)
-    score = xp.where(both, -(1 - w) * xp.exp(lp + lq - xp.where(both, lm, 0.0)), 0.0)
-    return _kl(xp, lp, lm), score
-
-
-def _skew_reverse(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    assert w is not None
-    lm = _mix(xp, w, lq, lp)
-    share = xp.exp(lq - lm + math.log(w)) if w > 0.0 else 0.0  # w q / m <= 1
-    return _kl(xp, lq, lm), _times_q(xp, lq, lq - lm - share)
-
-
-def _total_variation(xp: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    q, p = xp.exp(lq), xp.exp(lp)
-    return 0.5 * xp.abs(p - q).sum(axis=-1), 0.5 * q * xp.sign(q - p)
-
-
-ROWS: dict[str, Callable[[Any, Any, Any, float | None], tuple[Any, Any]]] = {
-    "forward_kl": _forward,
-    "reverse_kl": _reverse,
-    "generalized_jsd": _jsd,
-    "interpolated_kl": _interpolated,
-    "skew_kl": _skew,
-    "skew_reverse_kl": _skew_reverse,
-    "total_variation": _total_variation,
-}
-"""The port of :data:`reference.divergences.DIVERGENCES`, by name."""
-
-assert tuple(ROWS) == DIVERGENCE_NAMES
-
-
-def _chain(xp: Any, lq: Any, g: Any, temperature: float) -> Any:
-    return (g - xp.exp(lq) * g.sum(axis=-1, keepdims=True)) / temperature
 
 
 def topk_rows(
@@ -260,7 +176,7 @@ class CupyFamily(FamilyMembers):
             lp = log_softmax(xp, t.astype(compute), temperature)
             value, score = ROWS[divergence.name](xp, lq, lp, w)
             if gradient:
-                return _chain(xp, lq, score, temperature).astype(self._family_dtypes(s)[1])
+                return chain(xp, lq, score, temperature).astype(self._family_dtypes(s)[1])
         return value.astype(out)
 
     # ---- top-k -----------------------------------------------------------------------------------------
@@ -362,7 +278,7 @@ class CupyFamily(FamilyMembers):
                 lq = log_softmax(xp, s.reshape(-1, vocab).astype(compute), temperature)
                 lp_dense = log_softmax(xp, t.reshape(-1, vocab).astype(compute), temperature)
                 value, score = ROWS[member.name](xp, lq, lp_dense, w)
-                dvalue = _chain(xp, lq, score, temperature)
+                dvalue = chain(xp, lq, score, temperature)
         y1 = y.reshape(-1)
         if y1.size and bool(((y1 != ignore_index) & ((y1 < 0) | (y1 >= vocab))).any()):
             checks.check_labels(self._host(xp, y), vocab, ignore_index)
@@ -377,12 +293,12 @@ class CupyFamily(FamilyMembers):
                 hard = xp.exp(lq1)
                 hard[xp.arange(hard.shape[0]), label] -= 1.0
                 soft = xp.where(valid[:, None], dvalue, 0.0)
-                gradient = xp.where(valid[:, None], _weighted(xp, alpha, hard) + _weighted(xp, weight, soft), 0.0)
+                gradient = xp.where(valid[:, None], weighted(xp, alpha, hard) + weighted(xp, weight, soft), 0.0)
                 if reduction == "mean":
                     gradient = gradient / count
                 return gradient.reshape(s.shape).astype(self._family_dtypes(s)[1])
             ce = xp.where(valid, -lq1[xp.arange(lq1.shape[0]), label], 0.0)
-            per_row = _weighted(xp, alpha, ce) + _weighted(xp, weight, xp.where(valid, value, 0.0))
+            per_row = weighted(xp, alpha, ce) + weighted(xp, weight, xp.where(valid, value, 0.0))
         if reduction == "none":
             return per_row.reshape(y.shape).astype(out)
         total = per_row.sum()

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from backends.family_members import FamilyMembers
+from backends.family_rows import ROWS, chain, weighted
 from backends.protocol import FAMILY_MEMBERS, OPTIONAL_FEATURES, BackendError
 from reference import checks, topk
 from reference.divergences import (
@@ -32,103 +33,9 @@ from reference.kd_family import as_topk, check_normalizer, is_topk
 
 CAPABILITIES: frozenset[str] = frozenset((*FAMILY_MEMBERS, *OPTIONAL_FEATURES))
 
-# --------------------------------------------------------------------------------------------------------
-# Row math: value(lq, lp, w) and score(lq, lp, w) = dD / d log q, over the last axis.
-# --------------------------------------------------------------------------------------------------------
-
-
-def _kl(torch: Any, lx: Any, ly: Any) -> Any:
-    """``sum x (log x - log y)`` over the support of x."""
-    support = lx > -math.inf
-    return torch.where(support, lx.exp() * (lx - torch.where(support, ly, 0.0)), 0.0).sum(-1)
-
-
-def _mix(torch: Any, w: float, lx: Any, ly: Any) -> Any:
-    """``log(w x + (1 - w) y)``, exactly ``ly`` at w = 0 and ``lx`` at w = 1."""
-    if w == 0.0:
-        return ly
-    if w == 1.0:
-        return lx
-    return torch.logaddexp(lx + math.log(w), ly + math.log1p(-w))
-
-
-def _times_q(torch: Any, lq: Any, factor: Any) -> Any:
-    support = lq > -math.inf
-    return torch.where(support, lq.exp() * torch.where(support, factor, 0.0), 0.0)
-
-
-def _weighted(torch: Any, w: float, x: Any) -> Any:
-    return torch.zeros_like(x) if w == 0.0 else w * x
-
-
-def _forward(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    return _kl(torch, lp, lq), -lp.exp()
-
-
-def _reverse(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    return _kl(torch, lq, lp), _times_q(torch, lq, lq - lp)
-
-
-def _jsd(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    assert w is not None
-    if w == 0.0:
-        return _forward(torch, lq, lp, None)
-    if w == 1.0:
-        return _reverse(torch, lq, lp, None)
-    lm = _mix(torch, w, lp, lq)
-    return w * _kl(torch, lp, lm) + (1 - w) * _kl(torch, lq, lm), (1 - w) * _times_q(torch, lq, lq - lm)
-
-
-def _interpolated(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    assert w is not None
-    fv, fg = _forward(torch, lq, lp, None)
-    rv, rg = _reverse(torch, lq, lp, None)
-    value = _weighted(torch, 1 - w, fv) + _weighted(torch, w, rv)
-    return value, _weighted(torch, 1 - w, fg) + _weighted(torch, w, rg)
-
-
-def _skew(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    assert w is not None
-    lm = _mix(torch, w, lp, lq)
-    both = (lp > -math.inf) & (lq > -math.inf)
-    score = torch.where(both, -(1 - w) * (lp + lq - torch.where(both, lm, 0.0)).exp(), 0.0)
-    return _kl(torch, lp, lm), score
-
-
-def _skew_reverse(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    assert w is not None
-    lm = _mix(torch, w, lq, lp)
-    share = (lq - lm + math.log(w)).exp() if w > 0.0 else 0.0  # w q / m <= 1: never overflows
-    return _kl(torch, lq, lm), _times_q(torch, lq, lq - lm - share)
-
-
-def _total_variation(torch: Any, lq: Any, lp: Any, w: float | None) -> tuple[Any, Any]:
-    q, p = lq.exp(), lp.exp()
-    return 0.5 * (p - q).abs().sum(-1), 0.5 * q * torch.sign(q - p)
-
-
-ROWS: dict[str, Callable[[Any, Any, Any, float | None], tuple[Any, Any]]] = {
-    "forward_kl": _forward,
-    "reverse_kl": _reverse,
-    "generalized_jsd": _jsd,
-    "interpolated_kl": _interpolated,
-    "skew_kl": _skew,
-    "skew_reverse_kl": _skew_reverse,
-    "total_variation": _total_variation,
-}
-"""The port of :data:`reference.divergences.DIVERGENCES`, by name: ``(value, score)`` of one call."""
-
-assert tuple(ROWS) == DIVERGENCE_NAMES
-
-
 def _own_dtype(torch: Any, dtype: Any) -> Any:
     """The dtype a gradient comes back in: the student's own float dtype (float64 for integer logits)."""
     return dtype if dtype.is_floating_point else torch.float64
-
-
-def _chain(lq: Any, g: Any, temperature: float) -> Any:
-    """``(g - q sum g) / T``: the chain rule through ``log_softmax(s / T)``."""
-    return (g - lq.exp() * g.sum(-1, keepdim=True)) / temperature
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -236,7 +143,7 @@ class TorchFamily(FamilyMembers):
         lp = torch.log_softmax(t / temperature, dim=-1)
         value, score = ROWS[divergence.name](torch, lq, lp, w)
         if gradient:
-            return _chain(lq, score, temperature).to(_own_dtype(torch, s_dtype))
+            return chain(torch, lq, score, temperature).to(_own_dtype(torch, s_dtype))
         return value.to(out)
 
     # ---- top-k -----------------------------------------------------------------------------------------
@@ -425,7 +332,7 @@ class TorchFamily(FamilyMembers):
         lq = torch.log_softmax(call.s.to(call.compute) / call.temperature, dim=-1)
         lp = torch.log_softmax(call.teacher.to(call.compute) / call.temperature, dim=-1)
         value, score = ROWS[call.name](torch, lq, lp, call.w)
-        return self._kd_rows(call, value, _chain(lq, score, call.temperature) if want_gradient else None)
+        return self._kd_rows(call, value, chain(torch, lq, score, call.temperature) if want_gradient else None)
 
     def _kd_rows_topk(self, call: KDCall, want_gradient: bool) -> tuple[Any, Any]:
         """:meth:`_kd_rows` of a top-k teacher (``call.teacher`` is ``(logprobs, ids, mode)``)."""
@@ -443,11 +350,11 @@ class TorchFamily(FamilyMembers):
         lq1 = torch.log_softmax(s, dim=-1)
         weight = (1.0 - alpha) * call.temperature**2
         ce = -lq1.gather(-1, call.y[..., None])[..., 0]
-        per_row = _weighted(torch, alpha, ce) + _weighted(torch, weight, value)
+        per_row = weighted(torch, alpha, ce) + weighted(torch, weight, value)
         if dvalue is None:
             return per_row, None
         hard = lq1.exp() - torch.nn.functional.one_hot(call.y, s.shape[-1]).to(call.compute)
-        gradient = _weighted(torch, alpha, hard) + _weighted(torch, weight, dvalue)
+        gradient = weighted(torch, alpha, hard) + weighted(torch, weight, dvalue)
         gradient = torch.where(call.valid[..., None], gradient * call.weight[..., None], 0.0)
         return per_row, gradient.to(_own_dtype(torch, call.s.dtype))
 
