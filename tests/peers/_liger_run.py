@@ -1,31 +1,22 @@
 """Run Liger's LigerJSD and LigerKLDIVLoss under the Triton interpreter on CPU tensors; print JSON results.
 
 Run as a subprocess by test_liger.py with TRITON_INTERPRET=1 (the variable must be set before triton is
-imported). The Triton 3 interpreter does not turn a Python float kernel argument into a scalar tensor (Liger's
-KL kernel calls ``eps.to(tl.float32)`` on one), so floats are wrapped as float32 scalars here, in the
-interpreter, without touching Liger's code.
+imported). Python float kernel arguments are wrapped as float32 scalars (:mod:`tests.peers.interpreter_floats`),
+as compiled Triton passes them, without touching Liger's code.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
-import numpy as np
 import torch
-import triton.language as tl
-import triton.runtime.interpreter as interpreter
 
-_convert = interpreter._implicit_cvt
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.peers.interpreter_floats import wrap_float_arguments
 
-
-def _implicit_cvt(arg):  # the interpreter's argument conversion, plus Python floats
-    if isinstance(arg, float):
-        return tl.tensor(interpreter.TensorHandle(np.array([arg], dtype=np.float32), tl.float32), tl.float32)
-    return _convert(arg)
-
-
-interpreter._implicit_cvt = _implicit_cvt
+wrap_float_arguments()
 
 from liger_kernel.transformers import LigerJSD, LigerKLDIVLoss  # noqa: E402
 
