@@ -157,6 +157,7 @@ _HELPERS = {
         "with_label",
         "as_float",
         "flat",
+        "logit_reach",
         "total",
         "close_scaled",
         "descend",

@@ -191,6 +191,19 @@ def central_difference_gradient(fn: object, x: object, eps: float = 1e-6) -> np.
     return grad.reshape(x0.shape)
 
 
+def logit_reach(temperature: float, *logits: object) -> float:
+    """``(1 + sum over the arrays of max finite |z| / T) / T``: the scale of the rounding error in a row sum
+    of a gradient taken through ``log_softmax(z / T)``. Log-probabilities of logits reaching ``max |z| / T``
+    carry an absolute error of that many ulps, and the chain rule divides by T once more; a tolerance
+    ``tol * logit_reach(...)`` is then a fixed number of ulps whatever the temperature and the logits' scale."""
+    reach = 0.0
+    for z in logits:
+        a = np.abs(np.asarray(z, dtype=np.float64))
+        a = a[np.isfinite(a)]
+        reach += float(a.max()) if a.size else 0.0
+    return (1.0 + reach / temperature) / temperature
+
+
 def flat(x: object) -> np.ndarray:
     """``x`` as a 1-D float64 array."""
     return np.asarray(x, dtype=np.float64).reshape(-1)
