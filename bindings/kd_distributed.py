@@ -5,9 +5,10 @@ port, a deadline on every spawn), runs the one-process oracle (:func:`distill.di
 on the same configurations in this process, and returns both as plain data (numpy arrays, lists, numbers), so
 that the property itself is written in the contract's ``expect``:
 
-* :func:`data_parallel` / :func:`pipeline`: one process group of ``world_size`` ranks runs several splits of
-  the same batches; returns the final parameters, the logged ``loss``/``ce``/``kd`` and token counts of each
-  split beside the oracle's, and (pipeline) the batch rows whose teacher logits each microbatch's loss used;
+* :func:`data_parallel` (DDP or FSDP2) / :func:`pipeline`: one process group of ``world_size`` ranks runs
+  several splits of the same batches; returns the final parameters, the logged ``loss``/``ce``/``kd`` and
+  token counts of each split beside the oracle's, and (pipeline) the batch rows whose teacher logits each
+  microbatch's loss used;
 * :func:`first_step_losses`: the loss, CE and KD of step 1 computed by the numpy reference
   (:mod:`reference.kd`) on the initial models' logits, an oracle independent of :mod:`distill.distributed.loss`;
 * :func:`kill_rank`: SIGKILL (or SIGSTOP) one rank of a running ``python -m distill.distributed`` and report
@@ -54,7 +55,9 @@ def _single(config: Any) -> Any:
     """The one-process oracle of ``config`` (the split settings do not change it, so they are dropped)."""
     import dataclasses
 
-    split_free = dataclasses.replace(config, parallel="single", accumulation=1, microbatch_size=None, schedule="gpipe")
+    split_free = dataclasses.replace(
+        config, parallel="single", data_parallel="ddp", accumulation=1, microbatch_size=None, schedule="gpipe"
+    )
     return _oracle(split_free)
 
 
@@ -89,29 +92,44 @@ def _report(configs: list[Any], results: list[dict], labels: list[str]) -> dict[
 
 
 Key = tuple[Any, ...]
-"""A set of runs: ``("data", ranks, accumulations, batch_size, optimizer)`` or ``("pipeline", stages,
-((microbatch_size, schedule), ...), batch_size)``."""
+"""A set of runs: ``("data", ranks, accumulations, batch_size, optimizer, kind)`` (``kind``: ``ddp`` or
+``fsdp2``) or ``("pipeline", stages, ((microbatch_size, schedule), ...), batch_size)``."""
 
-STANDARD: tuple[Key, ...] = (
-    ("data", 2, (1, 2, 3), 8, "sgd"),
-    ("data", 3, (1, 2), 7, "adamw"),
-    ("pipeline", 2, ((8, "gpipe"), (2, "gpipe"), (1, "gpipe"), (2, "1f1b"), (4, "1f1b")), 8),
-    ("pipeline", 4, ((1, "gpipe"), (2, "gpipe"), (1, "1f1b")), 4),
+STANDARD: tuple[tuple[Key, ...], ...] = (
+    (
+        ("data", 2, (1, 2, 3), 8, "sgd", "ddp"),
+        ("data", 3, (1, 2), 7, "adamw", "ddp"),
+        ("pipeline", 2, ((8, "gpipe"), (2, "gpipe"), (1, "gpipe"), (2, "1f1b"), (4, "1f1b")), 8),
+        ("pipeline", 4, ((1, "gpipe"), (2, "gpipe"), (1, "1f1b")), 4),
+    ),
+    (
+        ("data", 2, (1, 2, 3), 8, "sgd", "fsdp2"),
+        ("data", 3, (1, 2), 7, "adamw", "fsdp2"),
+        ("data", 4, (2,), 9, "adamw", "fsdp2"),
+    ),
 )
-"""The runs the ``distill-distributed-v1`` contract names. The first call of :func:`data_parallel` or
-:func:`pipeline` for any of them starts all of them in ONE process group of 4 ranks (each run on a subgroup
-of the first 2, 3 or 4), which costs one spawn instead of one per call; any other arguments start their own."""
+"""The runs the ``distill-distributed-v1`` contract names, in two sets (DDP and pipeline; FSDP2). The first
+call of :func:`data_parallel` or :func:`pipeline` for any run of a set starts the whole set in ONE process
+group of 4 ranks (each run on a subgroup of the first 2, 3 or 4), which costs one spawn per set instead of
+one per call; any other arguments start their own."""
 
 
 def _runs(key: Key) -> tuple[list[tuple[Any, int]], list[str]]:
     if key[0] == "data":
-        _, ranks, accumulations, batch_size, optimizer = key
+        _, ranks, accumulations, batch_size, optimizer, kind = key
         lr = 0.5 if optimizer == "sgd" else 0.01
         configs = [
-            _config(parallel="data", accumulation=a, batch_size=batch_size, optimizer=optimizer, learning_rate=lr)
+            _config(
+                parallel="data",
+                data_parallel=kind,
+                accumulation=a,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                learning_rate=lr,
+            )
             for a in accumulations
         ]
-        labels = [f"{ranks} ranks x {a} microbatches of batch {batch_size}" for a in accumulations]
+        labels = [f"{kind}: {ranks} ranks x {a} microbatches of batch {batch_size}" for a in accumulations]
     else:
         _, ranks, splits, batch_size = key
         configs = [
@@ -137,23 +155,25 @@ def _spawn(keys: tuple[Key, ...], mutants: tuple[str, ...]) -> dict[Key, list[di
 
 
 def _report_of(key: Key) -> dict[str, Any]:
-    results = _spawn(STANDARD if key in STANDARD else (key,), MUTANTS)[key]
+    keys = next((keys for keys in STANDARD if key in keys), (key,))
+    results = _spawn(keys, MUTANTS)[key]
     runs, labels = _runs(key)
     return _report([config for config, _ in runs], results, labels)
 
 
 def data_parallel(
-    world_size: int, accumulations: Sequence[int], batch_size: int = 8, optimizer: str = "sgd"
+    world_size: int, accumulations: Sequence[int], batch_size: int = 8, optimizer: str = "sgd", kind: str = "ddp"
 ) -> dict[str, Any]:
-    """DDP on ``world_size`` ranks, once per ``accumulation`` in ``accumulations`` (3 steps, float64, the
-    default tiny models, global batch ``batch_size``; ``optimizer`` ``sgd`` (momentum 0.9) or ``adamw``;
-    gradients clipped to norm 1), beside the one-process oracle on the same batches.
+    """Data parallel under ``kind`` (``ddp``, or ``fsdp2``: parameters sharded by ``fully_shard``) on
+    ``world_size`` ranks, once per ``accumulation`` in ``accumulations`` (3 steps, float64, the default tiny
+    models, global batch ``batch_size``; ``optimizer`` ``sgd`` (momentum 0.9) or ``adamw``; gradients clipped
+    to norm 1), beside the one-process oracle on the same batches.
 
     Returns ``splits`` (labels), ``params`` / ``single_params`` (``[runs, P]``, the final parameters
     flattened by sorted name), ``param_names`` / ``single_param_names``, ``logs`` / ``single_logs``
     (``[runs, steps, 3]``: loss, ce, kd per valid token), ``tokens`` / ``single_tokens`` (``[runs][steps]``),
     ``alpha`` (per run), ``world_size``. A failed rank raises with every rank's last words."""
-    key = ("data", int(world_size), tuple(int(a) for a in accumulations), int(batch_size), str(optimizer))
+    key = ("data", int(world_size), tuple(int(a) for a in accumulations), int(batch_size), str(optimizer), str(kind))
     return _report_of(key)
 
 
