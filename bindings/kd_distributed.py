@@ -93,14 +93,14 @@ def _report(configs: list[Any], results: list[dict], labels: list[str]) -> dict[
 
 Key = tuple[Any, ...]
 """A set of runs: ``("data", ranks, accumulations, batch_size, optimizer, kind, max_grad_norm)`` (``kind``:
-``ddp`` or ``fsdp2``) or ``("pipeline", stages, ((microbatch_size, schedule), ...), batch_size)``."""
+``ddp`` or ``fsdp2``) or ``("pipeline", stages, ((microbatch_size, schedule), ...), batch_size, max_grad_norm)``."""
 
 STANDARD: tuple[tuple[Key, ...], ...] = (
     (
         ("data", 2, (1, 2, 3), 8, "sgd", "ddp", 1.0),
         ("data", 3, (1, 2), 7, "adamw", "ddp", 1.0),
-        ("pipeline", 2, ((8, "gpipe"), (2, "gpipe"), (1, "gpipe"), (2, "1f1b"), (4, "1f1b")), 8),
-        ("pipeline", 4, ((1, "gpipe"), (2, "gpipe"), (1, "1f1b")), 4),
+        ("pipeline", 2, ((8, "gpipe"), (2, "gpipe"), (1, "gpipe"), (2, "1f1b"), (4, "1f1b")), 8, 1.0),
+        ("pipeline", 4, ((1, "gpipe"), (2, "gpipe"), (1, "1f1b")), 4, 0.3),
     ),
     (
         ("data", 2, (1, 2, 3), 8, "sgd", "fsdp2", 1.0),
@@ -132,9 +132,15 @@ def _runs(key: Key) -> tuple[list[tuple[Any, int]], list[str]]:
         ]
         labels = [f"{kind}: {ranks} ranks x {a} microbatches of batch {batch_size}" for a in accumulations]
     else:
-        _, ranks, splits, batch_size = key
+        _, ranks, splits, batch_size, max_grad_norm = key
         configs = [
-            _config(parallel="pipeline", microbatch_size=m, schedule=schedule, batch_size=batch_size)
+            _config(
+                parallel="pipeline",
+                microbatch_size=m,
+                schedule=schedule,
+                batch_size=batch_size,
+                max_grad_norm=max_grad_norm,
+            )
             for m, schedule in splits
         ]
         labels = [f"{ranks} stages, {schedule}, microbatches of {m} in {batch_size}" for m, schedule in splits]
@@ -185,16 +191,18 @@ def data_parallel(
     return _report_of(key)
 
 
-def pipeline(stages: int, splits: Sequence[Sequence[Any]], batch_size: int = 8) -> dict[str, Any]:
+def pipeline(
+    stages: int, splits: Sequence[Sequence[Any]], batch_size: int = 8, max_grad_norm: float = 1.0
+) -> dict[str, Any]:
     """Pipeline parallel on ``stages`` ranks (one stage each), once per ``[microbatch_size, schedule]`` in
-    ``splits`` (schedule ``gpipe`` or ``1f1b``; 3 steps, float64, SGD, batch ``batch_size``), beside the
-    one-process oracle.
+    ``splits`` (schedule ``gpipe`` or ``1f1b``; 3 steps, float64, SGD, batch ``batch_size``, gradients clipped
+    to norm ``max_grad_norm``), beside the one-process oracle.
 
     Returns what :func:`data_parallel` returns, plus ``teacher_rows`` (per run, per step, per microbatch in
     the order the loss saw them: the batch rows whose teacher logits that loss used) and ``expected_rows``
     (the same, for microbatch ``i`` holding rows ``i*m .. i*m + m - 1``)."""
     pairs = tuple((int(m), str(schedule)) for m, schedule in splits)
-    report = _report_of(("pipeline", int(stages), pairs, int(batch_size)))
+    report = _report_of(("pipeline", int(stages), pairs, int(batch_size), float(max_grad_norm)))
     report["expected_rows"] = [
         [[list(range(start, start + m)) for start in range(0, int(batch_size), m)] for _ in range(_STEPS)]
         for m, _ in pairs

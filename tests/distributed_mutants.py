@@ -96,3 +96,14 @@ def fsdp2_shard_norm() -> None:
         return wrapped
 
     train.WRAPPERS["fsdp2"] = wrap  # type: ignore[assignment]
+
+
+def stage_only_norm() -> None:
+    """Pipeline clipping that takes the norm of this stage's gradients only (the squares not summed over the
+    stages)."""
+    original = train.clip_gradients
+
+    def clip_gradients(params: object, max_norm: float | None, group: object = None) -> float:
+        return original(params, max_norm)  # type: ignore[arg-type]
+
+    train.clip_gradients = clip_gradients  # type: ignore[assignment]

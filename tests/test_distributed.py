@@ -311,6 +311,7 @@ def test_per_microbatch_normalization_is_caught(mutant) -> None:  # type: ignore
         ("rank_normalizer", "F_DIST_DP_001"),
         ("rank_normalizer", "F_DIST_FSDP_001"),
         ("fsdp2_shard_norm", "F_DIST_FSDP_002"),
+        ("stage_only_norm", "F_DIST_PP_002"),
     ],
 )
 def test_more_mutants_are_caught(mutant, name: str, falsifier: str) -> None:  # type: ignore[no-untyped-def]

@@ -430,7 +430,10 @@ def train_pipeline(
         with collective_failures(rank, world_size, f"step {step}", "the pipeline schedule's forward and backward"):
             schedule.step(*args, **options)
         with collective_failures(rank, world_size, f"step {step}", "all-reduce of the gradient norm"):
-            clip_gradients(stage.parameters(), config.max_grad_norm, group=group if world_size > 1 else None)
+            # Each stage holds its own parameters: the norm's squares are summed over every stage (``group``
+            # None means the world here, but no reduction to clip_gradients).
+            stages = group if group is not None else dist.group.WORLD
+            clip_gradients(stage.parameters(), config.max_grad_norm, group=stages if world_size > 1 else None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if delivery is not None:
