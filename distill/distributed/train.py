@@ -310,6 +310,7 @@ def train_data_parallel(
     student, teacher = build_models(config, device=device)
     assert teacher is not None
     wrapper = config.data_parallel.upper()
+    exchange = "the gradient all-reduce" if config.data_parallel == "ddp" else "FSDP2's all-gathers and reduce-scatters"
     with collective_failures(rank, world_size, "setup", f"wrapping the student in {wrapper}"):
         parallel = WRAPPERS[config.data_parallel](student, group, device)
     optimizer = _optimizer(config, parallel.module.parameters())
@@ -319,7 +320,7 @@ def train_data_parallel(
         with collective_failures(rank, world_size, f"step {step}", "all-reduce of the valid-token count"):
             count = global_token_count(microbatches, group, device)
         totals = torch.zeros(4, dtype=torch.float64)
-        with collective_failures(rank, world_size, f"step {step}", "forward and backward with the gradient all-reduce"):
+        with collective_failures(rank, world_size, f"step {step}", f"forward and backward with {exchange}"):
             for index, mb in enumerate(map(lambda b: _to(b, device), microbatches)):
                 with parallel.sync(index == len(microbatches) - 1):
                     sums = token_sums(
