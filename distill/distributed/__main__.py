@@ -29,7 +29,7 @@ from distill.distributed.config import DATA_PARALLEL, OPTIMIZERS, PARALLEL_MODES
 from distill.distributed.loss import StepLog
 from distill.distributed.model import ModelShape
 from distill.distributed.placement import BACKENDS, DEVICES, placement_from_environment
-from distill.distributed.runtime import EXIT_BAD_SETTING, distributed, report_failure
+from distill.distributed.runtime import EXIT_BAD_SETTING, distributed, exit_process, report_failure
 
 PROG = "python -m distill.distributed"
 
@@ -162,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

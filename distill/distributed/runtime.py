@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -51,6 +52,9 @@ def distributed(timeout_s: float, placement: Placement = CPU_GLOO) -> Iterator[i
         ) from error
     rank = dist.get_rank()
     yield rank
+    # Free what the run left in reference cycles (FSDP2's state holds collective work and its tensors) while
+    # the interpreter is whole.
+    gc.collect()
     # Leave together: a rank that tears its group down while a peer still has transfers in flight to it can
     # abort that peer (gloo's threads are killed with work pending).
     with collective_failures(rank, dist.get_world_size(), "the end", "the final barrier"):
@@ -73,5 +77,15 @@ def report_failure(program: str) -> Iterator[None]:
 
 def _leave(line: str, code: int) -> None:
     print(line, file=sys.stderr, flush=True)
+    exit_process(code)
+
+
+def exit_process(code: int) -> None:
+    """End this process with ``code`` now, after flushing stdout and stderr, without the interpreter's
+    finalization. The distributed commands end this way after a finished run too: a process group's C++
+    objects that outlive ``destroy_process_group`` (a device mesh keeps its groups) can hold gloo work whose
+    tensors need the GIL while the interpreter is torn down, which aborts the process (SIGABRT, "terminate
+    called without an active exception") after a run that succeeded."""
     sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)
