@@ -321,7 +321,8 @@ def train_data_parallel(
             count = global_token_count(microbatches, group, device)
         totals = torch.zeros(4, dtype=torch.float64)
         with collective_failures(rank, world_size, f"step {step}", f"forward and backward with {exchange}"):
-            for index, mb in enumerate(map(lambda b: _to(b, device), microbatches)):
+            for index, piece in enumerate(microbatches):
+                mb = _to(piece, device)
                 with parallel.sync(index == len(microbatches) - 1):
                     sums = token_sums(
                         parallel.module(mb.ids),
