@@ -5,9 +5,10 @@ port, a deadline on every spawn), runs the one-process oracle (:func:`distill.di
 on the same configurations in this process, and returns both as plain data (numpy arrays, lists, numbers), so
 that the property itself is written in the contract's ``expect``:
 
-* :func:`data_parallel` / :func:`pipeline`: one process group of ``world_size`` ranks runs several splits of
-  the same batches; returns the final parameters, the logged ``loss``/``ce``/``kd`` and token counts of each
-  split beside the oracle's, and (pipeline) the batch rows whose teacher logits each microbatch's loss used;
+* :func:`data_parallel` (DDP or FSDP2) / :func:`pipeline`: one process group of ``world_size`` ranks runs
+  several splits of the same batches; returns the final parameters, the logged ``loss``/``ce``/``kd`` and
+  token counts of each split beside the oracle's, and (pipeline) the batch rows whose teacher logits each
+  microbatch's loss used;
 * :func:`first_step_losses`: the loss, CE and KD of step 1 computed by the numpy reference
   (:mod:`reference.kd`) on the initial models' logits, an oracle independent of :mod:`distill.distributed.loss`;
 * :func:`kill_rank`: SIGKILL (or SIGSTOP) one rank of a running ``python -m distill.distributed`` and report
@@ -54,7 +55,9 @@ def _single(config: Any) -> Any:
     """The one-process oracle of ``config`` (the split settings do not change it, so they are dropped)."""
     import dataclasses
 
-    split_free = dataclasses.replace(config, parallel="single", accumulation=1, microbatch_size=None, schedule="gpipe")
+    split_free = dataclasses.replace(
+        config, parallel="single", data_parallel="ddp", accumulation=1, microbatch_size=None, schedule="gpipe"
+    )
     return _oracle(split_free)
 
 
@@ -89,33 +92,55 @@ def _report(configs: list[Any], results: list[dict], labels: list[str]) -> dict[
 
 
 Key = tuple[Any, ...]
-"""A set of runs: ``("data", ranks, accumulations, batch_size, optimizer)`` or ``("pipeline", stages,
-((microbatch_size, schedule), ...), batch_size)``."""
+"""A set of runs: ``("data", ranks, accumulations, batch_size, optimizer, kind, max_grad_norm)`` (``kind``:
+``ddp`` or ``fsdp2``) or ``("pipeline", stages, ((microbatch_size, schedule), ...), batch_size, max_grad_norm)``."""
 
-STANDARD: tuple[Key, ...] = (
-    ("data", 2, (1, 2, 3), 8, "sgd"),
-    ("data", 3, (1, 2), 7, "adamw"),
-    ("pipeline", 2, ((8, "gpipe"), (2, "gpipe"), (1, "gpipe"), (2, "1f1b"), (4, "1f1b")), 8),
-    ("pipeline", 4, ((1, "gpipe"), (2, "gpipe"), (1, "1f1b")), 4),
+STANDARD: tuple[tuple[Key, ...], ...] = (
+    (
+        ("data", 2, (1, 2, 3), 8, "sgd", "ddp", 1.0),
+        ("data", 3, (1, 2), 7, "adamw", "ddp", 1.0),
+        ("pipeline", 2, ((8, "gpipe"), (2, "gpipe"), (1, "gpipe"), (2, "1f1b"), (4, "1f1b")), 8, 1.0),
+        ("pipeline", 4, ((1, "gpipe"), (2, "gpipe"), (1, "1f1b")), 4, 0.3),
+    ),
+    (
+        ("data", 2, (1, 2, 3), 8, "sgd", "fsdp2", 1.0),
+        ("data", 3, (1, 2), 7, "adamw", "fsdp2", 0.3),
+        ("data", 4, (2,), 9, "adamw", "fsdp2", 0.3),
+    ),
 )
-"""The runs the ``distill-distributed-v1`` contract names. The first call of :func:`data_parallel` or
-:func:`pipeline` for any of them starts all of them in ONE process group of 4 ranks (each run on a subgroup
-of the first 2, 3 or 4), which costs one spawn instead of one per call; any other arguments start their own."""
+"""The runs the ``distill-distributed-v1`` contract names, in two sets (DDP and pipeline; FSDP2). The first
+call of :func:`data_parallel` or :func:`pipeline` for any run of a set starts the whole set in ONE process
+group of 4 ranks (each run on a subgroup of the first 2, 3 or 4), which costs one spawn per set instead of
+one per call; any other arguments start their own."""
 
 
 def _runs(key: Key) -> tuple[list[tuple[Any, int]], list[str]]:
     if key[0] == "data":
-        _, ranks, accumulations, batch_size, optimizer = key
+        _, ranks, accumulations, batch_size, optimizer, kind, max_grad_norm = key
         lr = 0.5 if optimizer == "sgd" else 0.01
         configs = [
-            _config(parallel="data", accumulation=a, batch_size=batch_size, optimizer=optimizer, learning_rate=lr)
+            _config(
+                parallel="data",
+                data_parallel=kind,
+                accumulation=a,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                learning_rate=lr,
+                max_grad_norm=max_grad_norm,
+            )
             for a in accumulations
         ]
-        labels = [f"{ranks} ranks x {a} microbatches of batch {batch_size}" for a in accumulations]
+        labels = [f"{kind}: {ranks} ranks x {a} microbatches of batch {batch_size}" for a in accumulations]
     else:
-        _, ranks, splits, batch_size = key
+        _, ranks, splits, batch_size, max_grad_norm = key
         configs = [
-            _config(parallel="pipeline", microbatch_size=m, schedule=schedule, batch_size=batch_size)
+            _config(
+                parallel="pipeline",
+                microbatch_size=m,
+                schedule=schedule,
+                batch_size=batch_size,
+                max_grad_norm=max_grad_norm,
+            )
             for m, schedule in splits
         ]
         labels = [f"{ranks} stages, {schedule}, microbatches of {m} in {batch_size}" for m, schedule in splits]
@@ -137,36 +162,47 @@ def _spawn(keys: tuple[Key, ...], mutants: tuple[str, ...]) -> dict[Key, list[di
 
 
 def _report_of(key: Key) -> dict[str, Any]:
-    results = _spawn(STANDARD if key in STANDARD else (key,), MUTANTS)[key]
+    keys = next((keys for keys in STANDARD if key in keys), (key,))
+    results = _spawn(keys, MUTANTS)[key]
     runs, labels = _runs(key)
     return _report([config for config, _ in runs], results, labels)
 
 
 def data_parallel(
-    world_size: int, accumulations: Sequence[int], batch_size: int = 8, optimizer: str = "sgd"
+    world_size: int,
+    accumulations: Sequence[int],
+    batch_size: int = 8,
+    optimizer: str = "sgd",
+    kind: str = "ddp",
+    max_grad_norm: float = 1.0,
 ) -> dict[str, Any]:
-    """DDP on ``world_size`` ranks, once per ``accumulation`` in ``accumulations`` (3 steps, float64, the
-    default tiny models, global batch ``batch_size``; ``optimizer`` ``sgd`` (momentum 0.9) or ``adamw``;
-    gradients clipped to norm 1), beside the one-process oracle on the same batches.
+    """Data parallel under ``kind`` (``ddp``, or ``fsdp2``: parameters sharded by ``fully_shard``) on
+    ``world_size`` ranks, once per ``accumulation`` in ``accumulations`` (3 steps, float64, the default tiny
+    models, global batch ``batch_size``; ``optimizer`` ``sgd`` (momentum 0.9) or ``adamw``; gradients clipped
+    to norm ``max_grad_norm``: the default 1 rarely bites on these runs, 0.3 clips every step), beside the
+    one-process oracle on the same batches.
 
     Returns ``splits`` (labels), ``params`` / ``single_params`` (``[runs, P]``, the final parameters
     flattened by sorted name), ``param_names`` / ``single_param_names``, ``logs`` / ``single_logs``
     (``[runs, steps, 3]``: loss, ce, kd per valid token), ``tokens`` / ``single_tokens`` (``[runs][steps]``),
     ``alpha`` (per run), ``world_size``. A failed rank raises with every rank's last words."""
-    key = ("data", int(world_size), tuple(int(a) for a in accumulations), int(batch_size), str(optimizer))
+    accumulations = tuple(int(a) for a in accumulations)
+    key = ("data", int(world_size), accumulations, int(batch_size), str(optimizer), str(kind), float(max_grad_norm))
     return _report_of(key)
 
 
-def pipeline(stages: int, splits: Sequence[Sequence[Any]], batch_size: int = 8) -> dict[str, Any]:
+def pipeline(
+    stages: int, splits: Sequence[Sequence[Any]], batch_size: int = 8, max_grad_norm: float = 1.0
+) -> dict[str, Any]:
     """Pipeline parallel on ``stages`` ranks (one stage each), once per ``[microbatch_size, schedule]`` in
-    ``splits`` (schedule ``gpipe`` or ``1f1b``; 3 steps, float64, SGD, batch ``batch_size``), beside the
-    one-process oracle.
+    ``splits`` (schedule ``gpipe`` or ``1f1b``; 3 steps, float64, SGD, batch ``batch_size``, gradients clipped
+    to norm ``max_grad_norm``), beside the one-process oracle.
 
     Returns what :func:`data_parallel` returns, plus ``teacher_rows`` (per run, per step, per microbatch in
     the order the loss saw them: the batch rows whose teacher logits that loss used) and ``expected_rows``
     (the same, for microbatch ``i`` holding rows ``i*m .. i*m + m - 1``)."""
     pairs = tuple((int(m), str(schedule)) for m, schedule in splits)
-    report = _report_of(("pipeline", int(stages), pairs, int(batch_size)))
+    report = _report_of(("pipeline", int(stages), pairs, int(batch_size), float(max_grad_norm)))
     report["expected_rows"] = [
         [[list(range(start, start + m)) for start in range(0, int(batch_size), m)] for _ in range(_STEPS)]
         for m, _ in pairs
@@ -178,7 +214,8 @@ def pipeline(stages: int, splits: Sequence[Sequence[Any]], batch_size: int = 8) 
 def _kill_rank(parallel: str, world_size: int, victim: int, how: str, timeout_s: float) -> dict:
     from distill.distributed.launch import LocalRun
 
-    args = ["--parallel", parallel, "--steps", "1000000", "--batch-size", "8", "--timeout", f"{timeout_s:g}"]
+    args = ["--parallel", parallel, "--device", "cpu", "--steps", "1000000", "--batch-size", "8"]
+    args += ["--timeout", f"{timeout_s:g}"]
     if parallel == "pipeline":
         args += ["--microbatch-size", "2"]
     logger = world_size - 1 if parallel == "pipeline" else 0
@@ -222,9 +259,10 @@ def _kill_rank(parallel: str, world_size: int, victim: int, how: str, timeout_s:
 def kill_rank(
     parallel: str, world_size: int, victim: int, how: str = "kill", timeout_s: float = 60.0
 ) -> dict[str, Any]:
-    """Start ``torchrun``-style ``python -m distill.distributed --parallel PARALLEL`` on ``world_size`` ranks
-    (``--timeout timeout_s``), wait until step 2 is logged, then ``how`` = ``kill`` (SIGKILL: the rank dies)
-    or ``stop`` (SIGSTOP: the rank hangs) rank ``victim``, and watch the others for up to 120 s.
+    """Start ``torchrun``-style ``python -m distill.distributed --parallel PARALLEL --device cpu`` on
+    ``world_size`` ranks (``--timeout timeout_s``), wait until step 2 is logged, then ``how`` = ``kill``
+    (SIGKILL: the rank dies) or ``stop`` (SIGSTOP: the rank hangs) rank ``victim``, and watch the others for
+    up to 120 s.
 
     Returns ``survivors``: per other rank, ``returncode`` (``None``: still running after 120 s, then
     killed), ``seconds`` from the signal to its exit (``inf`` if it never exited), its ``stderr_lines`` and

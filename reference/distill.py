@@ -365,4 +365,8 @@ def entry(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if distributed_argv(sys.argv[1:], os.environ) is not None:
+        from distill.distributed.runtime import exit_process
+
+        exit_process(entry())  # a distributed rank leaves without the interpreter's finalization (see there)
     raise SystemExit(entry())

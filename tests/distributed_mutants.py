@@ -72,3 +72,38 @@ def ce_logged_as_sum() -> None:
         return cls(log.step, log.loss, float(sums[1]), log.kd, log.tokens)
 
     StepLog.from_sums = classmethod(from_sums)  # type: ignore[method-assign, assignment]
+
+
+def rank_normalizer() -> None:
+    """Per-rank normalization: each rank divides by its own valid-token count (the all-reduce skipped)."""
+    train.global_token_count = lambda microbatches, group, device: max(  # type: ignore[assignment]
+        sum(mb.valid_tokens() for mb in microbatches), 1
+    )
+
+
+def fsdp2_average() -> None:
+    """FSDP2's default gradient reduction (divided by the number of ranks) on top of the global normalization."""
+    train._fsdp2_sum_gradients = lambda units: None  # type: ignore[assignment]
+
+
+def fsdp2_shard_norm() -> None:
+    """Gradient clipping under FSDP2 that takes the norm of this rank's shard only, not of the whole gradient."""
+    original = train.WRAPPERS["fsdp2"]
+
+    def wrap(student: torch.nn.Module, group: object, device: torch.device) -> train.DataParallelStudent:
+        wrapped = original(student, group, device)  # type: ignore[arg-type]
+        wrapped.shard_group = None
+        return wrapped
+
+    train.WRAPPERS["fsdp2"] = wrap  # type: ignore[assignment]
+
+
+def stage_only_norm() -> None:
+    """Pipeline clipping that takes the norm of this stage's gradients only (the squares not summed over the
+    stages)."""
+    original = train.clip_gradients
+
+    def clip_gradients(params: object, max_norm: float | None, group: object = None) -> float:
+        return original(params, max_norm)  # type: ignore[arg-type]
+
+    train.clip_gradients = clip_gradients  # type: ignore[assignment]

@@ -133,11 +133,13 @@ def test_logged_terms_share_one_scale_in_the_oracle() -> None:
 
 
 def _command(*args: str, world: int | None = None) -> list[str]:
+    """The command on the CPU (gloo) whatever this machine has; a later ``--device`` in ``args`` wins."""
     if world is None:
-        return [sys.executable, "-m", "distill.distributed", *args]
+        return [sys.executable, "-m", "distill.distributed", "--device", "cpu", *args]
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "distill.distributed", *args,
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "distill.distributed",
+        "--device", "cpu", *args,
     ]  # fmt: skip
 
 
@@ -158,6 +160,9 @@ def _env() -> dict[str, str]:
         (["--parallel", "tensor"], "invalid choice: 'tensor'"),
         (["--steps", "ten"], "invalid int value: 'ten'"),
         (["--timeout", "-1"], "--timeout must be > 0"),
+        (["--parallel", "pipeline", "--data-parallel", "fsdp2"], "--data-parallel 'fsdp2' applies to"),
+        (["--device", "cpu", "--dist-backend", "nccl"], "--dist-backend nccl moves only CUDA tensors"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
     ],
 )
 def test_bad_flags_are_one_line_exit_2(args: list[str], words: str) -> None:
@@ -176,16 +181,33 @@ def test_a_partial_torchrun_environment_is_one_line_exit_2() -> None:
     assert "the environment sets RANK but not all of RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT" in proc.stderr
 
 
-def test_torchrun_data_parallel_equals_one_process(tmp_path: Path) -> None:
-    """The README command under the real launcher: float64 parameters written by rank 0 equal the oracle."""
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda would run")
+def test_cuda_without_a_gpu_is_one_line_exit_2() -> None:
+    proc = subprocess.run(
+        _command("--device", "cuda", "--steps", "1"), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--device cuda: torch sees no CUDA device here" in proc.stderr and "use --device cpu" in proc.stderr
+
+
+@pytest.mark.parametrize("data_parallel", ["ddp", "fsdp2"])
+def test_torchrun_data_parallel_equals_one_process(tmp_path: Path, data_parallel: str) -> None:
+    """The README command under the real launcher: float64 parameters written by rank 0 (under FSDP2, gathered
+    from the shards to full tensors) equal the oracle."""
     from safetensors.torch import load_file
 
     flags = ["--steps", "3", "--batch-size", "8", "--accumulation", "2", "--dtype", "float64", "--optimizer", "sgd"]
+    flags += ["--data-parallel", data_parallel]
     proc = subprocess.run(
         _command("--parallel", "data", *flags, "--output-dir", str(tmp_path), world=2),
         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    mode = "data parallel (fsdp2)" if data_parallel == "fsdp2" else "data parallel"
+    assert f"{mode}: 2 ranks x 2 microbatches, batch 8, 3 steps on cpu (gloo)" in proc.stdout
+    assert "UserWarning" not in proc.stderr, proc.stderr[-2000:]
     assert [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("step ")] == [
         "step 1/3", "step 2/3", "step 3/3",
     ]  # fmt: skip
@@ -207,7 +229,8 @@ def test_torchrun_ends_the_run_within_60_s_when_a_rank_is_killed() -> None:
 
     proc = subprocess.Popen(
         ["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-         "-m", "distill.distributed", "--steps", "1000000", "--batch-size", "8", "--timeout", "60"],
+         "-m", "distill.distributed", "--device", "cpu", "--steps", "1000000", "--batch-size", "8",
+         "--timeout", "60"],
         cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -256,6 +279,16 @@ def test_last_microbatch_teacher_logits_are_caught(mutant) -> None:  # type: ign
     measure.drain()  # the mutant's errors are expected: keep them out of the largest-measured-error summary
 
 
+def test_fsdp2_default_averaging_is_caught(mutant) -> None:  # type: ignore[no-untyped-def]
+    """FSDP2's default reduce-scatter (gradients divided by the number of ranks) on top of the global token
+    normalization: F-DIST-FSDP-001 and F-DIST-FSDP-002 fail on it (one spawn serves both)."""
+    mutant("fsdp2_average")
+    for name in ("F_DIST_FSDP_001", "F_DIST_FSDP_002"):
+        with pytest.raises(FalsifierFailure, match=name.replace("_", "-") + r" falsified.*expectation is false"):
+            _falsifier(name).run()
+    measure.drain()  # the mutant's errors are expected: keep them out of the largest-measured-error summary
+
+
 def test_per_microbatch_normalization_is_caught(mutant) -> None:  # type: ignore[no-untyped-def]
     """Each microbatch divided by its own token count: F-DIST-DP-001 fails on it."""
     mutant("local_normalizer")
@@ -275,6 +308,10 @@ def test_per_microbatch_normalization_is_caught(mutant) -> None:  # type: ignore
         ("pipeline_scale_grads", "F_DIST_PP_001"),
         ("ce_logged_as_sum", "F_DIST_LOG_001"),
         ("ce_logged_as_sum", "F_DIST_LOG_002"),
+        ("rank_normalizer", "F_DIST_DP_001"),
+        ("rank_normalizer", "F_DIST_FSDP_001"),
+        ("fsdp2_shard_norm", "F_DIST_FSDP_002"),
+        ("stage_only_norm", "F_DIST_PP_002"),
     ],
 )
 def test_more_mutants_are_caught(mutant, name: str, falsifier: str) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from reference.distill import distributed_argv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 240
-RUN = ["--steps", "3", "--batch-size", "8", "--dtype", "float64", "--accumulation", "2"]
+RUN = ["--steps", "3", "--batch-size", "8", "--dtype", "float64", "--accumulation", "2", "--device", "cpu"]
 STEP_LINE = re.compile(r"^step (\d+)/3: loss (\d+\.\d{4})  ce (\d+\.\d{4})  kd (\d+\.\d{4})", re.M)
 
 
@@ -43,7 +43,7 @@ def test_torchrun_two_ranks_is_the_distributed_command_and_equals_one_process(tm
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
     )
     assert launched.returncode == 0, launched.stderr[-2000:]
-    assert "data parallel: 2 ranks x 2 microbatches, batch 8, 3 steps" in launched.stdout
+    assert "data parallel: 2 ranks x 2 microbatches, batch 8, 3 steps on cpu (gloo)" in launched.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.jsonl", "student.safetensors"]
     single = subprocess.run(
         [sys.executable, "-m", "reference.distill", "--distributed", "--parallel", "single", *RUN],

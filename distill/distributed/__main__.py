@@ -1,11 +1,15 @@
 """``torchrun --nproc_per_node N -m distill.distributed [options]``: distil a tiny teacher into a tiny student
-on N ranks (gloo, CPU), data parallel or pipeline parallel.
+on N ranks (gloo on CPU, NCCL on GPUs), data parallel (DDP or FSDP2) or pipeline parallel.
 
 Every rank builds the same models and data from ``--seed``; each optimizer step is normalized by the valid
 tokens of the whole step, so the run reaches the parameters of ``--parallel single`` (one process, the whole
 batch) to rounding, whatever N, ``--accumulation`` or ``--microbatch-size``. The rank that sees the step's
 loss prints one line per step with ``loss``, ``ce`` and ``kd`` on one scale (per valid token). With
 ``--output-dir``, rank 0 writes ``student.safetensors`` (the full student) and ``metrics.jsonl``.
+
+``--device auto`` (the default) puts rank ``LOCAL_RANK`` on ``cuda:LOCAL_RANK`` with NCCL when CUDA is
+available, else every rank on the CPU with gloo. The CUDA path was written for GPU nodes and is tested here
+only in its selection logic (:mod:`distill.distributed.placement`); the CPU path is what the tests run.
 
 Exit codes: 0 done; 1 a rank failed (another rank died, a timeout): one line on stderr; 2 a bad option.
 Started without torchrun, it runs as a group of one.
@@ -21,10 +25,11 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from distill.distributed.config import OPTIMIZERS, PARALLEL_MODES, SCHEDULES, ConfigError, RunConfig
+from distill.distributed.config import DATA_PARALLEL, OPTIMIZERS, PARALLEL_MODES, SCHEDULES, ConfigError, RunConfig
 from distill.distributed.loss import StepLog
 from distill.distributed.model import ModelShape
-from distill.distributed.runtime import EXIT_BAD_SETTING, distributed, report_failure
+from distill.distributed.placement import BACKENDS, DEVICES, placement_from_environment
+from distill.distributed.runtime import EXIT_BAD_SETTING, distributed, exit_process, report_failure
 
 PROG = "python -m distill.distributed"
 
@@ -38,7 +43,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     add = parser.add_argument
-    add("--parallel", choices=PARALLEL_MODES, default="data", help="data (DDP), pipeline, or single (default data)")
+    add("--parallel", choices=PARALLEL_MODES, default="data", help="data, pipeline, or single (default data)")
+    add(
+        "--data-parallel",
+        choices=DATA_PARALLEL,
+        default="ddp",
+        help="data parallel: ddp (replicas) or fsdp2 (fully_shard: sharded parameters) (default ddp)",
+    )
     add("--steps", type=int, default=20, help="optimizer steps (default 20)")
     add("--batch-size", type=int, default=16, help="sequences per optimizer step, over all ranks (default 16)")
     add("--accumulation", type=int, default=1, help="data parallel: microbatches per rank per step (default 1)")
@@ -57,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--layers", type=int, default=4, help="student blocks; pipeline stages split them (default 4)")
     add("--teacher-width", type=int, default=64, help="teacher width (default 64)")
     add("--teacher-layers", type=int, default=4, help="teacher blocks (default 4)")
+    add("--device", choices=DEVICES, default="auto", help="auto (default): cuda:LOCAL_RANK if CUDA is there, else cpu")
+    add("--dist-backend", choices=BACKENDS, default="auto", help="auto (default): nccl on cuda, gloo on cpu")
     add("--timeout", type=float, default=60.0, help="seconds a rank waits on a collective before failing (default 60)")
     add("--output-dir", type=Path, default=None, help="rank 0 writes student.safetensors and metrics.jsonl here")
     return parser
@@ -68,6 +81,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
     heads = 2
     return RunConfig(
         parallel=args.parallel,
+        data_parallel=args.data_parallel,
         steps=args.steps,
         batch_size=args.batch_size,
         accumulation=args.accumulation,
@@ -87,7 +101,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
 
 _FLAGS = re.compile(
     r"\b(steps|batch_size|accumulation|microbatch_size|schedule|temperature|alpha|optimizer|learning_rate|"
-    r"max_grad_norm|dtype|parallel)\b"
+    r"max_grad_norm|dtype|data_parallel|parallel)\b"
 )
 
 
@@ -125,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from(args).check(int(os.environ.get("WORLD_SIZE", "1")))
         except ConfigError as error:
             raise _in_flags(error) from None
+        placement = placement_from_environment(args.device, args.dist_backend)
         from distill.distributed.train import train
 
-        with distributed(args.timeout) as rank:
+        with distributed(args.timeout, placement) as rank:
             if rank == 0:
                 world = int(os.environ.get("WORLD_SIZE", "1"))
                 split = (
@@ -135,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                     if config.parallel == "pipeline"
                     else f"{world} ranks x {config.microbatches} microbatches"
                 )
+                mode = f"{config.parallel} parallel" + (" (fsdp2)" if config.data_parallel == "fsdp2" else "")
                 print(
-                    f"{config.parallel} parallel: {split}, batch {config.batch_size}, {config.steps} steps", flush=True
+                    f"{mode}: {split}, batch {config.batch_size}, {config.steps} steps on {placement}", flush=True
                 )
-            result = train(config, on_step=_print_step(config.steps))
+            result = train(config, on_step=_print_step(config.steps), device=placement.device)
             if result is not None and args.output_dir is not None:
                 _write(args.output_dir, result.params, result.logs)
                 print(f"wrote {args.output_dir / 'student.safetensors'} and metrics.jsonl", flush=True)
@@ -146,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -11,6 +11,7 @@ import torch
 from distill.distributed.model import ModelShape
 
 PARALLEL_MODES = ("single", "data", "pipeline")
+DATA_PARALLEL = ("ddp", "fsdp2")
 SCHEDULES = ("gpipe", "1f1b")
 OPTIMIZERS = ("sgd", "adamw")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -22,11 +23,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One run. ``parallel``: ``single`` (one process, the whole batch at once: the oracle), ``data`` (DDP,
-    each rank ``accumulation`` microbatches of its share) or ``pipeline`` (one stage per rank,
+    """One run. ``parallel``: ``single`` (one process, the whole batch at once: the oracle), ``data`` (each
+    rank ``accumulation`` microbatches of its share, the student under ``data_parallel``: ``ddp``, replicas,
+    or ``fsdp2``, parameters sharded with ``fully_shard``) or ``pipeline`` (one stage per rank,
     ``microbatch_size`` rows per microbatch). ``batch_size`` is the global batch of one optimizer step."""
 
     parallel: str = "data"
+    data_parallel: str = "ddp"
     steps: int = 3
     batch_size: int = 8
     accumulation: int = 1
@@ -72,6 +75,7 @@ class RunConfig:
     def check(self, world_size: int) -> RunConfig:
         """Return ``self`` if it can run on ``world_size`` ranks, else raise :class:`ConfigError`."""
         _one_of("parallel", self.parallel, PARALLEL_MODES)
+        _one_of("data_parallel", self.data_parallel, DATA_PARALLEL)
         _one_of("schedule", self.schedule, SCHEDULES)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("dtype", self.dtype, tuple(DTYPES))
@@ -91,6 +95,11 @@ class RunConfig:
                 f"teacher and student must share the vocabulary and sequence length: teacher vocab "
                 f"{self.teacher.vocab}, seq_len {self.teacher.seq_len}; student vocab {self.student.vocab}, "
                 f"seq_len {self.student.seq_len}"
+            )
+        if self.data_parallel != "ddp" and self.parallel != "data":
+            raise ConfigError(
+                f"data_parallel {self.data_parallel!r} applies to parallel 'data', not {self.parallel!r}: use "
+                f"parallel 'data' or leave data_parallel at ddp"
             )
         if self.parallel == "single" and world_size != 1:
             raise ConfigError(f"parallel 'single' runs in one process, but {world_size} were started")

@@ -1,4 +1,4 @@
-"""Training loops: the single-process oracle, data parallel (DDP) and pipeline parallel
+"""Training loops: the single-process oracle, data parallel (DDP or FSDP2) and pipeline parallel
 (``torch.distributed.pipelining``). All three build the same student and teacher from the seed, read the same
 global batches, and normalize every step by its global valid-token count, so the parameters they reach agree
 to rounding whatever the split of the batch into ranks and microbatches.
@@ -6,8 +6,11 @@ to rounding whatever the split of the batch into ranks and microbatches.
 * :func:`train_single` runs the whole batch through one process at once: the oracle the others are held to.
 * :func:`train_data_parallel`: each rank takes its share of the batch, cut into ``accumulation``
   microbatches; the valid-token count is all-reduced before the first backward; gradients are summed over
-  ranks (a DDP communication hook that sums instead of averaging) and synchronized once per step (``no_sync``
-  on every microbatch but the last).
+  ranks and synchronized once per step. Under DDP (replicas): a communication hook that sums instead of
+  averaging, ``no_sync`` on every microbatch but the last. Under FSDP2 (``fully_shard`` on every block and the
+  root; parameters, gradients and optimizer state are sharded DTensors): a gradient divide factor of 1 with
+  sum-only collectives, ``set_requires_gradient_sync(False)`` on every microbatch but the last, the clipping
+  norm summed over the shards, and the final parameters gathered to full tensors.
 * :func:`train_pipeline`: one stage per rank. The teacher runs on the last stage over the whole batch; each
   microbatch's target carries its batch row indices, so the loss of every microbatch looks up exactly its own
   rows of teacher logits (never the last microbatch's for all of them). Gradients are not rescaled by the
@@ -16,12 +19,18 @@ to rounding whatever the split of the batch into ranks and microbatches.
 
 A collective or point-to-point transfer that fails (another rank died, a timeout) raises :class:`RankFailure`
 with a sentence naming this rank, the step and what it was doing.
+
+Every loop takes the ``device`` its rank computes on (default the CPU; ``cuda:LOCAL_RANK`` from
+:mod:`distill.distributed.placement` on GPU nodes): models, batches, teacher logits and the tensors of every
+collective live there (NCCL reduces only CUDA tensors); logged sums and returned parameters come back to the
+CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from distill.distributed.config import RunConfig
@@ -37,6 +47,7 @@ from distill.distributed.loss import StepLog, TokenSums, normalized, token_sums
 from distill.distributed.model import TinyLM, build_model, stage_module
 
 StepCallback = Callable[[StepLog], None]
+CPU = torch.device("cpu")
 
 
 class RankFailure(RuntimeError):
@@ -61,18 +72,39 @@ class RunResult:
 # --------------------------------------------------------------------------------------------------------
 
 
-def build_models(config: RunConfig, *, teacher: bool = True) -> tuple[TinyLM, TinyLM | None]:
-    """The student (trainable) and the teacher (eval mode, frozen; ``None`` unless ``teacher``) of ``config``."""
-    student = build_model(config.student, config.seed, config.torch_dtype)
+def build_models(
+    config: RunConfig, *, teacher: bool = True, device: torch.device = CPU
+) -> tuple[TinyLM, TinyLM | None]:
+    """The student (trainable) and the teacher (eval mode, frozen; ``None`` unless ``teacher``) of ``config``,
+    built on the CPU from the seed (the same weights on every rank) and moved to ``device``."""
+    student = build_model(config.student, config.seed, config.torch_dtype).to(device)
     if not teacher:
         return student, None
-    model = build_model(config.teacher, config.seed + 1_000, config.torch_dtype).eval()
+    model = build_model(config.teacher, config.seed + 1_000, config.torch_dtype).to(device).eval()
     model.requires_grad_(False)
     return student, model
 
 
 def _batch(config: RunConfig, step: int) -> Batch:
     return global_batch(step, config.batch_size, config.student.seq_len, config.student.vocab, config.seed)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return Batch(batch.ids.to(device), batch.labels.to(device))
+
+
+def _all_reduce_sum(values: torch.Tensor, group: Any, device: torch.device) -> torch.Tensor:
+    """``values`` summed over ``group``, reduced on ``device`` (NCCL reduces only CUDA tensors), on the CPU."""
+    on_device = values.to(device)
+    dist.all_reduce(on_device, group=group)
+    return on_device.cpu()
+
+
+def global_token_count(microbatches: list[Batch], group: Any, device: torch.device) -> int:
+    """The valid tokens of the whole step: this rank's microbatches, summed over every rank of ``group``.
+    Every rank divides its summed losses by this count before any backward."""
+    local = torch.tensor(sum(mb.valid_tokens() for mb in microbatches), dtype=torch.int64)
+    return int(_all_reduce_sum(local, group, device))
 
 
 def _teacher_logits(teacher: TinyLM, ids: torch.Tensor) -> torch.Tensor:
@@ -89,11 +121,13 @@ def _optimizer(config: RunConfig, params: Iterable[nn.Parameter]) -> torch.optim
 def clip_gradients(params: Iterable[nn.Parameter], max_norm: float | None, group: Any = None) -> float:
     """Scale the gradients so that their global 2-norm is at most ``max_norm``; return the norm before.
 
-    With ``group``, the squared norm is summed over its ranks first (pipeline stages hold disjoint
-    parameters); without, the local gradients are the whole model's (single process, or DDP's replicas).
+    With ``group``, the squared norm is summed over its ranks first (pipeline stages and FSDP2 shards hold
+    disjoint parts of the gradient; a DTensor gradient counts its local shard); without, the local gradients
+    are the whole model's (single process, or DDP's replicas).
     """
-    grads = [p.grad for p in params if p.grad is not None]
-    squares = torch.zeros((), dtype=torch.float64)
+    grads = [_local(p.grad) for p in params if p.grad is not None]
+    device = grads[0].device if grads else CPU
+    squares = torch.zeros((), dtype=torch.float64, device=device)
     for grad in grads:
         squares += grad.detach().double().pow(2).sum()
     if group is not None:
@@ -107,8 +141,18 @@ def clip_gradients(params: Iterable[nn.Parameter], max_norm: float | None, group
     return norm
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (sharing its storage), or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 def _params(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: value.detach().to(torch.float64).clone() for name, value in module.state_dict().items()}
+    """Float64 CPU copies of ``module``'s state, by name. DTensors (FSDP2 shards) are gathered to full
+    tensors first: a collective, so every rank of the mesh calls this."""
+    return {
+        name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().to(CPU, torch.float64).clone()
+        for name, value in module.state_dict().items()
+    }
 
 
 @contextlib.contextmanager
@@ -155,15 +199,15 @@ def _gather(group: Any, payload: Any) -> list[Any] | None:
 # --------------------------------------------------------------------------------------------------------
 
 
-def train_single(config: RunConfig, on_step: StepCallback | None = None) -> RunResult:
+def train_single(config: RunConfig, on_step: StepCallback | None = None, device: torch.device = CPU) -> RunResult:
     """Train on the whole batch in this process, without torch.distributed: the oracle."""
     config.check(1)
-    student, teacher = build_models(config)
+    student, teacher = build_models(config, device=device)
     assert teacher is not None
     optimizer = _optimizer(config, student.parameters())
     logs = []
     for step in range(1, config.steps + 1):
-        batch = _batch(config, step - 1)
+        batch = _to(_batch(config, step - 1), device)
         sums = token_sums(
             student(batch.ids),
             _teacher_logits(teacher, batch.ids),
@@ -194,48 +238,114 @@ def _sum_gradients(group, bucket):  # type: ignore[no-untyped-def]
     return work.get_future().then(lambda future: future.value()[0])
 
 
-def train_data_parallel(config: RunConfig, group: Any = None, on_step: StepCallback | None = None) -> RunResult | None:
-    """Train with DDP on the ranks of ``group`` (default: the world). Returns the result on rank 0 (``None``
-    elsewhere); ``on_step`` is called on rank 0 after every step."""
+def _fsdp2_sum_gradients(units: list[Any]) -> None:
+    """Make FSDP2's gradient reduce-scatter a plain sum (its default divides by the number of ranks, on top
+    of a loss already normalized by the global token count): divide factor 1, and sum-only collectives (no
+    ``PREMUL_SUM``/``AVG``, which gloo lacks). Set on every ``fully_shard`` unit: each has its own groups."""
+    for unit in units:
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)
+
+
+@dataclass
+class DataParallelStudent:
+    """The student as the data-parallel loop drives it, whichever wrapper holds it.
+
+    ``module``: what the forward calls and the optimizer steps (DDP's wrapper, or the ``fully_shard`` root,
+    whose parameters are sharded DTensors); ``sync(last)``: the context of one microbatch's forward and
+    backward, reducing gradients over the ranks only when ``last``; ``shard_group``: the group over which the
+    gradient norm's squares are summed (FSDP2: each rank holds a shard), ``None`` for DDP's full replicas."""
+
+    module: nn.Module
+    sync: Callable[[bool], contextlib.AbstractContextManager[Any]]
+    shard_group: Any
+
+
+def wrap_ddp(student: TinyLM, group: Any, device: torch.device) -> DataParallelStudent:
+    """``student`` under DDP (its initial parameters broadcast from rank 0), gradients summed over ranks."""
+    ddp = DistributedDataParallel(
+        student, process_group=group, device_ids=[device.index] if device.type == "cuda" else None
+    )
+    ddp.register_comm_hook(group, _sum_gradients)
+    return DataParallelStudent(ddp, lambda last: contextlib.nullcontext() if last else ddp.no_sync(), None)
+
+
+def wrap_fsdp2(student: TinyLM, group: Any, device: torch.device) -> DataParallelStudent:
+    """``student`` under FSDP2: ``fully_shard`` on every block, then on the root (embeddings, norm, head), on
+    a one-dimensional mesh over ``group``. Every rank built the same weights from the seed, so sharding them
+    needs no broadcast."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    # The root returns the head's output, a view; FSDP2 warns that an in-place op on it would skip its
+    # pre-backward hook. The loss never writes to the logits (the equivalence checks would see it if it did).
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPTinyLM\) returned a view tensor")
+    mesh = DeviceMesh.from_group(group if group is not None else dist.group.WORLD, device_type=device.type)
+    for block in student.blocks:
+        fully_shard(block, mesh=mesh)
+    root = fully_shard(student, mesh=mesh)
+    _fsdp2_sum_gradients([m for m in root.modules() if isinstance(m, FSDPModule)])
+
+    @contextlib.contextmanager
+    def sync(last: bool) -> Iterator[None]:
+        root.set_requires_gradient_sync(last)  # recurses into the blocks
+        yield
+
+    return DataParallelStudent(root, sync, group if group is not None else dist.group.WORLD)
+
+
+WRAPPERS: dict[str, Callable[[TinyLM, Any, torch.device], DataParallelStudent]] = {
+    "ddp": wrap_ddp,
+    "fsdp2": wrap_fsdp2,
+}
+
+
+def train_data_parallel(
+    config: RunConfig, group: Any = None, on_step: StepCallback | None = None, device: torch.device = CPU
+) -> RunResult | None:
+    """Train with ``config.data_parallel`` (DDP or FSDP2) on the ranks of ``group`` (default: the world).
+    Returns the result on rank 0 (``None`` elsewhere); ``on_step`` is called on rank 0 after every step."""
     rank, world_size = _world(group)
     config.check(world_size)
-    student, teacher = build_models(config)
+    student, teacher = build_models(config, device=device)
     assert teacher is not None
-    with collective_failures(rank, world_size, "setup", "DDP's broadcast of the initial parameters"):
-        ddp = DistributedDataParallel(student, process_group=group)
-    ddp.register_comm_hook(group, _sum_gradients)
-    optimizer = _optimizer(config, ddp.parameters())
+    wrapper = config.data_parallel.upper()
+    exchange = "the gradient all-reduce" if config.data_parallel == "ddp" else "FSDP2's all-gathers and reduce-scatters"
+    with collective_failures(rank, world_size, "setup", f"wrapping the student in {wrapper}"):
+        parallel = WRAPPERS[config.data_parallel](student, group, device)
+    optimizer = _optimizer(config, parallel.module.parameters())
     logs = []
     for step in range(1, config.steps + 1):
         microbatches = rank_microbatches(_batch(config, step - 1), rank, world_size, config.accumulation)
-        count = torch.tensor(sum(mb.valid_tokens() for mb in microbatches), dtype=torch.int64)
         with collective_failures(rank, world_size, f"step {step}", "all-reduce of the valid-token count"):
-            dist.all_reduce(count, group=group)
+            count = global_token_count(microbatches, group, device)
         totals = torch.zeros(4, dtype=torch.float64)
-        with collective_failures(rank, world_size, f"step {step}", "forward and backward with the gradient all-reduce"):
-            for index, mb in enumerate(microbatches):
-                last = index == len(microbatches) - 1
-                with contextlib.nullcontext() if last else ddp.no_sync():
+        with collective_failures(rank, world_size, f"step {step}", f"forward and backward with {exchange}"):
+            for index, piece in enumerate(microbatches):
+                mb = _to(piece, device)
+                with parallel.sync(index == len(microbatches) - 1):
                     sums = token_sums(
-                        ddp(mb.ids),
+                        parallel.module(mb.ids),
                         _teacher_logits(teacher, mb.ids),
                         mb.labels,
                         temperature=config.temperature,
                         alpha=config.alpha,
                     )
-                    normalized(sums.loss, int(count)).backward()
+                    normalized(sums.loss, count).backward()
                 totals += sums.as_tensor()
-        clip_gradients(ddp.parameters(), config.max_grad_norm)
+        with collective_failures(rank, world_size, f"step {step}", "all-reduce of the gradient norm"):
+            clip_gradients(parallel.module.parameters(), config.max_grad_norm, group=parallel.shard_group)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with collective_failures(rank, world_size, f"step {step}", "all-reduce of the logged sums"):
-            dist.all_reduce(totals, group=group)
+            totals = _all_reduce_sum(totals, group, device)
         logs.append(StepLog.from_sums(step, totals))
         if on_step is not None and rank == 0:
             on_step(logs[-1])
-    with collective_failures(rank, world_size, "the end", "gathering the results"):
+    with collective_failures(rank, world_size, "the end", "gathering the parameters and results"):
+        params = _params(student)  # FSDP2: every rank gathers the full tensors
         _gather(group, None)
-    return RunResult(config, world_size, logs, _params(student)) if rank == 0 else None
+    return RunResult(config, world_size, logs, params) if rank == 0 else None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -260,7 +370,7 @@ class TeacherDelivery:
     def target(batch: Batch) -> torch.Tensor:
         """``[B, 1 + S]``: each row's index in the batch, then its labels; the schedule splits it into
         microbatches exactly as it splits the inputs."""
-        rows = torch.arange(len(batch), dtype=torch.int64).unsqueeze(1)
+        rows = torch.arange(len(batch), dtype=torch.int64, device=batch.labels.device).unsqueeze(1)
         return torch.cat([rows, batch.labels], dim=1)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -277,7 +387,9 @@ def _microbatch_loss(output: torch.Tensor, target: torch.Tensor, *, delivery: Te
     return delivery.loss(output, target)
 
 
-def train_pipeline(config: RunConfig, group: Any = None, on_step: StepCallback | None = None) -> RunResult | None:
+def train_pipeline(
+    config: RunConfig, group: Any = None, on_step: StepCallback | None = None, device: torch.device = CPU
+) -> RunResult | None:
     """Train with one pipeline stage per rank of ``group`` (default: the world), under the
     ``torch.distributed.pipelining`` schedule ``config.schedule``. Returns the result on rank 0 (``None``
     elsewhere); ``on_step`` is called on the last stage after every step."""
@@ -286,22 +398,21 @@ def train_pipeline(config: RunConfig, group: Any = None, on_step: StepCallback |
     rank, world_size = _world(group)
     config.check(world_size)
     first, last = rank == 0, rank == world_size - 1
-    full, teacher = build_models(config, teacher=last)
+    full, teacher = build_models(config, teacher=last, device=device)
     stage = stage_module(full, rank, world_size)
     schedule_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[config.schedule]
     # Static shapes: the stage is told its microbatch's input and output at construction, so the schedule
     # never runs the model or the loss on placeholder tensors to infer them.
     m, shape = config.pipeline_microbatch_size, config.student
     # Hidden states carry a gradient back to the previous stage; the first stage's input is token ids.
-    hidden = torch.empty(m, shape.seq_len, shape.width, dtype=config.torch_dtype, requires_grad=True)
-    example_in = torch.zeros(m, shape.seq_len, dtype=torch.int64) if first else hidden
+    dtype = config.torch_dtype
+    hidden = torch.empty(m, shape.seq_len, shape.width, dtype=dtype, device=device, requires_grad=True)
+    example_in = torch.zeros(m, shape.seq_len, dtype=torch.int64, device=device) if first else hidden
     example_out = (
-        torch.empty(m, shape.seq_len, shape.vocab, dtype=config.torch_dtype, requires_grad=True) if last else hidden
+        torch.empty(m, shape.seq_len, shape.vocab, dtype=dtype, device=device, requires_grad=True) if last else hidden
     )
     schedule = schedule_class(
-        PipelineStage(
-            stage, rank, world_size, torch.device("cpu"), input_args=example_in, output_args=example_out, group=group
-        ),
+        PipelineStage(stage, rank, world_size, device, input_args=example_in, output_args=example_out, group=group),
         n_microbatches=config.microbatches,
         loss_fn=_microbatch_loss,
         scale_grads=False,
@@ -310,7 +421,7 @@ def train_pipeline(config: RunConfig, group: Any = None, on_step: StepCallback |
     logs: list[StepLog] = []
     teacher_rows: list[list[list[int]]] = []
     for step in range(1, config.steps + 1):
-        batch = _batch(config, step - 1)
+        batch = _to(_batch(config, step - 1), device)
         args = (batch.ids,) if first else ()
         options: dict[str, Any] = {}
         delivery = None
@@ -321,7 +432,10 @@ def train_pipeline(config: RunConfig, group: Any = None, on_step: StepCallback |
         with collective_failures(rank, world_size, f"step {step}", "the pipeline schedule's forward and backward"):
             schedule.step(*args, **options)
         with collective_failures(rank, world_size, f"step {step}", "all-reduce of the gradient norm"):
-            clip_gradients(stage.parameters(), config.max_grad_norm, group=group if world_size > 1 else None)
+            # Each stage holds its own parameters: the norm's squares are summed over every stage (``group``
+            # None means the world here, but no reduction to clip_gradients).
+            stages = group if group is not None else dist.group.WORLD
+            clip_gradients(stage.parameters(), config.max_grad_norm, group=stages if world_size > 1 else None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if delivery is not None:
@@ -340,10 +454,13 @@ def train_pipeline(config: RunConfig, group: Any = None, on_step: StepCallback |
     return RunResult(config, world_size, logs, params, teacher_rows)
 
 
-def train(config: RunConfig, group: Any = None, on_step: StepCallback | None = None) -> RunResult | None:
-    """Run ``config`` on ``group`` (``single`` needs no process group). Returns the result on rank 0."""
+def train(
+    config: RunConfig, group: Any = None, on_step: StepCallback | None = None, device: torch.device = CPU
+) -> RunResult | None:
+    """Run ``config`` on ``group`` (``single`` needs no process group), each rank computing on ``device``.
+    Returns the result on rank 0."""
     if config.parallel == "single":
-        return train_single(config, on_step)
+        return train_single(config, on_step, device)
     if config.parallel == "data":
-        return train_data_parallel(config, group, on_step)
-    return train_pipeline(config, group, on_step)
+        return train_data_parallel(config, group, on_step, device)
+    return train_pipeline(config, group, on_step, device)

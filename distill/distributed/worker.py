@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from distill.distributed.config import RunConfig
-from distill.distributed.runtime import distributed, report_failure
+from distill.distributed.runtime import distributed, exit_process, report_failure
 from distill.distributed.train import train
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_process(main(sys.argv[1:]))
 
 
 class PlanFailed(RuntimeError):
