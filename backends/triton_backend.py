@@ -24,15 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 from backends.protocol import FLOAT_DTYPES, Availability
 from backends.torch_backend import TorchBackend, _reduce
+from backends.triton_topk import CAPABILITIES as TOPK_CAPABILITIES
+from backends.triton_topk import TritonTopK
 from reference import checks
 from reference.kd_family import uses_family
 
 if TYPE_CHECKING:
     import torch
 
-CAPABILITIES = frozenset({"kd_loss_from_hidden"})
-"""Optional protocol members implemented here (the fused linear KD: the torch chunk loop around these
-kernels; the divergence family is not ported to Triton yet)."""
+CAPABILITIES = frozenset({"kd_loss_from_hidden"}) | TOPK_CAPABILITIES
+"""Optional protocol members implemented here: the fused linear KD (the torch chunk loop around these
+kernels) and a top-k teacher (:mod:`backends.triton_topk`); the dense divergence family is not ported yet."""
 
 
 def interpreted() -> bool:
@@ -40,7 +42,7 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
-class TritonBackend(TorchBackend):
+class TritonBackend(TritonTopK, TorchBackend):
     """The KD math as Triton kernels; see the module docstring."""
 
     dtypes: tuple[str, ...] = FLOAT_DTYPES
