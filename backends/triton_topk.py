@@ -62,6 +62,8 @@ class TritonTopK:
     """The top-k members and ``kd_loss`` with a top-k teacher as Triton kernels (module docstring)."""
 
     capabilities: frozenset[str] = CAPABILITIES
+    student_tail: Any = None
+    """The student's tail bucket (a ``@triton.jit`` function); None: :func:`triton_topk_kernels.student_tail`."""
 
     # ---- the launch --------------------------------------------------------------------------------------
 
@@ -118,7 +120,8 @@ class TritonTopK:
                 out.stride(0) if gradient is not None else 0,
                 TAIL=has_tail, RENORMALIZE=mode == "renormalize", HAS_CE=ce is not None and w_ce != 0.0,
                 HAS_DIV=w_div != 0.0, HAS_WEIGHT=ce is not None, GRADIENT=gradient is not None, TERMS=terms,
-                UPDATE=self.update or core.online_lse_step, ACC=self._acc(torch, compute),  # type: ignore[attr-defined]
+                UPDATE=self.update or core.online_lse_step,  # type: ignore[attr-defined]
+                TAIL_Q=self.student_tail or kernels.student_tail, ACC=self._acc(torch, compute),  # type: ignore[attr-defined]
                 BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_K=triton.next_power_of_2(k),
             )  # fmt: skip
         grad = out.reshape(s.shape) if gradient is not None else None

@@ -13,7 +13,8 @@ columns with the online log-sum-exp (:func:`backends.triton_kernels.online_lse_s
 The bucket stage then reads the K ids (``BLOCK_K``, the next power of 2 of K, padded with empty buckets), the
 student's logits at them and the teacher's bucket log-probabilities (``LOGP`` ``[N, K + 1]``, last column the
 teacher's tail: formed by the caller in float64 on ``[N, K]``), and evaluates the member's terms
-(``TERMS``: one of the ``*_terms`` functions below) over the K (+ 1) buckets: the value ``D`` per row, and the
+(``TERMS``: one of the ``*_terms`` functions below; ``TAIL_Q`` is :func:`student_tail`, a parameter so
+that a port can plant a broken one without a copy of the kernel) over the K (+ 1) buckets: the value ``D`` per row, and the
 scores ``g_b = dD / d log Q_b``. The second pass (``GRADIENT``) writes the gradient once:
 
 ``OUT = weight_row (w_ce (softmax(s) - onehot(y)) + w_div dD/ds)``, with ``dD/ds_v = (g_{k(v)} - q_v sum_b g_b +
@@ -91,6 +92,13 @@ def _lse_finite(m, z):
 
 
 @triton.jit
+def student_tail(mt, zt, lse_q, lq_k, kmask):
+    """``log Q_tail``: the log-sum-exp ``(mt, zt)`` of the columns outside the ids, less the row's ``lse_q``.
+    (``lq_k``, the ids' log-probabilities, and ``kmask`` are there for a port to plant the cancelling form.)"""
+    return _lse_finite(mt, zt) - lse_q
+
+
+@triton.jit
 def _members(IDS, rows, row_ok, cols, k, G, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
     """Which columns ``cols`` of each row are among its K ids, and the entry of ``G`` ``[BLOCK_N, BLOCK_K]`` at
     that id (0 elsewhere): a loop over the K ids, each compared with the whole chunk."""
@@ -136,6 +144,7 @@ def topk_rows(
     GRADIENT: tl.constexpr,
     TERMS: tl.constexpr,
     UPDATE: tl.constexpr,
+    TAIL_Q: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
@@ -189,9 +198,10 @@ def topk_rows(
     lse_t = neg_inf
     g_t = zeros
     if TAIL:
-        lse_t = _lse_finite(mt, zt)
+        lq_t = TAIL_Q(mt, zt, lse_q, lq_k, kmask)
+        lse_t = lq_t + lse_q
         lp_t = tl.load(LOGP + rows * (k + 1) + k, mask=row_ok, other=-float("inf")).to(ACC)
-        value_t, g_t = TERMS(lse_t - lse_q, lp_t, PARAMS + 3)
+        value_t, g_t = TERMS(lq_t, lp_t, PARAMS + 3)
         value += value_t
         sum_g += g_t
     tl.store(VALUE + rows, value, mask=row_ok)
