@@ -13,8 +13,7 @@ columns with the online log-sum-exp (:func:`backends.triton_kernels.online_lse_s
 The bucket stage then reads the K ids (``BLOCK_K``, the next power of 2 of K, padded with empty buckets), the
 student's logits at them and the teacher's bucket log-probabilities (``LOGP`` ``[N, K + 1]``, last column the
 teacher's tail: formed by the caller in float64 on ``[N, K]``), and evaluates the member's terms
-(``TERMS``: one of the ``*_terms`` functions below; ``TAIL_Q`` is :func:`student_tail`, a parameter so
-that a port can plant a broken one without a copy of the kernel) over the K (+ 1) buckets: the value ``D`` per row, and the
+(``TERMS``: one of the ``*_terms`` functions below) over the K (+ 1) buckets: the value ``D`` per row, and the
 scores ``g_b = dD / d log Q_b``. The second pass (``GRADIENT``) writes the gradient once:
 
 ``OUT = weight_row (w_ce (softmax(s) - onehot(y)) + w_div dD/ds)``, with ``dD/ds_v = (g_{k(v)} - q_v sum_b g_b +
@@ -26,6 +25,9 @@ Dtypes: ``S`` is loaded as stored (float64, float32 or bfloat16) and everything 
 (float64 for float64 inputs, float32 otherwise). Scalars that need the accumulation dtype's precision (the
 temperature, the loss weights, the member's parameter and its logarithms) come in ``PARAMS`` (a tensor of
 ``ACC``, layout :data:`PARAMS`): Triton passes Python floats as float32, which would round ``beta = 1 - 1e-12`` to 1.
+
+The student's tail (``TAIL_Q``, :func:`student_tail`) and the online step (``UPDATE``) are kernel parameters, so
+that a port can plant a broken one without a copy of the kernel (tests/ports/bug_triton_topk_tail_cancels.py).
 """
 
 from __future__ import annotations

@@ -267,8 +267,9 @@ def topk(ops: Any, d: DivergenceCase, b: TopKBatch, s: Any = None, mode: str | N
 
 def topk_grad(ops: Any, d: DivergenceCase, b: TopKBatch, mode: str | None = None, s: Any = None) -> np.ndarray:
     """``topk_divergence_gradient`` of member ``d`` on ``b`` (student ``s`` instead of ``b.student`` if given)."""
+    student = b.student if s is None else s
     return _invoke(
-        ops, "topk_divergence_gradient", b.student if s is None else s, b.logprobs, b.ids, mode=mode or b.mode, divergence=d.name,
+        ops, "topk_divergence_gradient", student, b.logprobs, b.ids, mode=mode or b.mode, divergence=d.name,
         beta=d.value, temperature=b.temperature,
     )  # fmt: skip
 
