@@ -7,7 +7,7 @@ columns with the online log-sum-exp (:func:`backends.triton_kernels.online_lse_s
 - ``(m1, z1)`` of ``s`` (the cross-entropy, when ``HAS_CE``);
 - ``(mq, zq)`` of ``x = s / T`` (every bucket but ``renormalize``'s is a log-probability of ``softmax(x)``);
 - ``(mt, zt)`` of ``x`` over the columns *not* among the row's K ids (``TAIL``): the student's tail bucket
-  ``log Q_tail = lse_tail - lse_q``, computed exactly. ``log(1 - sum q[ids])`` would cancel catastrophically
+  ``log Q_tail = (mt - mq) + log(zt / zq)``, computed exactly. ``log(1 - sum q[ids])`` would cancel catastrophically
   when the top-k holds nearly all the mass; membership is a loop over the K ids against each chunk's columns.
 
 The bucket stage then reads the K ids (``BLOCK_K``, the next power of 2 of K, padded with empty buckets), the
@@ -88,16 +88,11 @@ def generalized_jsd_terms(lq, lp, w):
 
 
 @triton.jit
-def _lse_finite(m, z):
-    """``m + log z`` of an online log-sum-exp, ``-inf`` for a row without a finite entry."""
-    return tl.where(z == 0.0, -float("inf"), m + tl.log(z))
-
-
-@triton.jit
-def student_tail(mt, zt, lse_q, lq_k, kmask):
-    """``log Q_tail``: the log-sum-exp ``(mt, zt)`` of the columns outside the ids, less the row's ``lse_q``.
-    (``lq_k``, the ids' log-probabilities, and ``kmask`` are there for a port to plant the cancelling form.)"""
-    return _lse_finite(mt, zt) - lse_q
+def student_tail(mt, zt, mq, lzq, lq_k, kmask):
+    """``log Q_tail``: the log-sum-exp ``(mt, zt)`` of the columns outside the ids less the row's ``(mq, log zq)``,
+    ``-inf`` when every column outside the ids is ``-inf``. (``lq_k``, the ids' log-probabilities, and ``kmask``
+    are there for a port to plant the cancelling form.)"""
+    return tl.where(zt == 0.0, -float("inf"), (mt - mq) + (tl.log(zt) - lzq))
 
 
 @triton.jit
@@ -187,21 +182,19 @@ def topk_rows(
     x_k = tl.load(S + rows[:, None] * stride_s + ids, mask=kmask, other=-float("inf")).to(ACC) * inv_temp
     lp_k = tl.load(LOGP + rows[:, None] * (k + 1) + slots[None, :], mask=kmask, other=-float("inf")).to(ACC)
     if RENORMALIZE:
-        top = tl.max(x_k, axis=1)
-        top = tl.where(top == -float("inf"), 0.0, top)
-        lse_q = top + tl.log(tl.sum(tl.where(kmask, tl.exp(x_k - top[:, None]), 0.0), axis=1))
-    else:
-        lse_q = _lse_finite(mq, zq)
-    lq_k = x_k - lse_q[:, None]
+        mq = tl.max(x_k, axis=1)
+        mq = tl.where(mq == -float("inf"), 0.0, mq)
+        zq = tl.sum(tl.where(kmask, tl.exp(x_k - mq[:, None]), 0.0), axis=1)
+    lzq = tl.log(zq)
+    lq_k = (x_k - mq[:, None]) - lzq[:, None]  # shift, then normalize: no rounding of |max| into log z
     value_terms, g = TERMS(lq_k, lp_k, PARAMS + 3)
     value = tl.sum(tl.where(kmask, value_terms, 0.0), axis=1)
     g = tl.where(kmask, g, 0.0)
     sum_g = tl.sum(g, axis=1)
-    lse_t = neg_inf
+    lq_t = neg_inf
     g_t = zeros
     if TAIL:
-        lq_t = TAIL_Q(mt, zt, lse_q, lq_k, kmask)
-        lse_t = lq_t + lse_q
+        lq_t = TAIL_Q(mt, zt, mq, lzq, lq_k, kmask)
         lp_t = tl.load(LOGP + rows * (k + 1) + k, mask=row_ok, other=-float("inf")).to(ACC)
         value_t, g_t = TERMS(lq_t, lp_t, PARAMS + 3)
         value += value_t
@@ -237,11 +230,11 @@ def topk_rows(
             if HAS_DIV:
                 member, d = _members(IDS, rows, row_ok, cols, k, g, BLOCK_N, BLOCK_V, BLOCK_K)
                 if not RENORMALIZE:
-                    x = s * inv_temp
-                    d = -tl.exp(x - lse_q[:, None]) * sum_g[:, None] + d
+                    lq = (s * inv_temp - mq[:, None]) - lzq[:, None]
+                    d = -tl.exp(lq) * sum_g[:, None] + d
                     if TAIL:
-                        outside = (member == 0) & (lse_t != -float("inf"))[:, None]
-                        d += tl.where(outside, tl.exp(x - lse_t[:, None]), 0.0) * g_t[:, None]
+                        outside = (member == 0) & (lq_t != -float("inf"))[:, None]
+                        d += tl.where(outside, tl.exp(lq - lq_t[:, None]), 0.0) * g_t[:, None]
                 total += w_div * (d * inv_temp)
             total = tl.where(valid[:, None], total * weight[:, None], 0.0)
             tl.store(OUT + rows[:, None] * stride_o + cols[None, :], total.to(OUT.dtype.element_ty), mask=mask)

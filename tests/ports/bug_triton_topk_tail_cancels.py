@@ -19,7 +19,7 @@ from backends.triton_backend import TritonBackend
 
 
 @triton.jit
-def student_tail_one_minus_sum(mt, zt, lse_q, lq_k, kmask):
+def student_tail_one_minus_sum(mt, zt, mq, lzq, lq_k, kmask):
     """The broken tail: ``log(1 - sum_k q[ids_k])``."""
     inside = tl.sum(tl.where(kmask, tl.exp(lq_k), 0.0), axis=1)
     return tl.log(1.0 - inside)
