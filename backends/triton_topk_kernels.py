@@ -24,7 +24,8 @@ member ``topk_divergence_gradient``; ``w_ce = alpha, w_div = (1 - alpha) T^2`` i
 Dtypes: ``S`` is loaded as stored (float64, float32 or bfloat16) and everything is accumulated in ``ACC``
 (float64 for float64 inputs, float32 otherwise). Scalars that need the accumulation dtype's precision (the
 temperature, the loss weights, the member's parameter and its logarithms) come in ``PARAMS`` (a tensor of
-``ACC``, layout :data:`PARAMS`): Triton passes Python floats as float32, which would round ``beta = 1 - 1e-12`` to 1.
+``ACC``, layout :data:`PARAM_LAYOUT`): Triton passes Python floats as float32, which would round
+``beta = 1 - 1e-12`` to 1.
 
 The student's tail (``TAIL_Q``, :func:`student_tail`) and the online step (``UPDATE``) are kernel parameters, so
 that a port can plant a broken one without a copy of the kernel (tests/ports/bug_triton_topk_tail_cancels.py).
@@ -35,7 +36,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-PARAMS = ("inv_temp", "w_ce", "w_div", "beta", "one_minus_beta", "log_beta", "log_one_minus_beta")
+PARAM_LAYOUT = ("inv_temp", "w_ce", "w_div", "beta", "one_minus_beta", "log_beta", "log_one_minus_beta")
 """``PARAMS`` layout (the kernels index it by position). The member's parameter block starts at index 3:
 ``(beta, 1 - beta, log beta, log(1 - beta))``, each formed in float64 on the host."""
 
