@@ -36,6 +36,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from backends.triton_kernels import ce_gradient
+
 PARAM_LAYOUT = ("inv_temp", "w_ce", "w_div", "beta", "one_minus_beta", "log_beta", "log_one_minus_beta")
 """``PARAMS`` layout (the kernels index it by position). The member's parameter block starts at index 3:
 ``(beta, 1 - beta, log beta, log(1 - beta))``, each formed in float64 on the host."""
@@ -226,8 +228,7 @@ def topk_rows(
             s = tl.load(S + rows[:, None] * stride_s + cols[None, :], mask=mask, other=0.0).to(ACC)
             total = tl.zeros((BLOCK_N, BLOCK_V), ACC)
             if HAS_CE:
-                q1 = tl.exp((s - m1[:, None]) - lse1[:, None])
-                total += w_ce * tl.where(cols[None, :] == y[:, None], q1 - 1.0, q1)
+                total += w_ce * ce_gradient(s, cols, m1, lse1, y)
             if HAS_DIV:
                 member, d = _members(IDS, rows, row_ok, cols, k, g, BLOCK_N, BLOCK_V, BLOCK_K)
                 if not RENORMALIZE:
