@@ -168,6 +168,23 @@ class TritonBackend(TritonTopK, TorchBackend):
         flags = [stats[:, kernels.BAD].ne(0).any()] + [(stats[:, i] == -float("inf")).any() for i in streams]
         return bool(torch.stack(flags).any())
 
+    def _check_logits(self, torch: Any, *named: tuple[str, Any]) -> None:
+        """The family's value checks (:meth:`TorchFamily._check_logits`: NaN, +inf, a row without a finite entry)
+        from the statistics kernel, one pass per input read at one host sync, with no ``[N, V]`` temporaries;
+        only when one fires are the inputs handed to the reference's checks for the message."""
+        from backends import triton_kernels as kernels
+
+        flags = []
+        for _, x in named:
+            if x.is_floating_point() and x.numel():
+                compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+                rows = self._rows(torch, x, compute)
+                stats = self._stats(torch, rows, None, inv_temp=1.0, ce=True, q=False, compute=compute)
+                flags += [stats[:, kernels.BAD].ne(0).any(), (stats[:, kernels.M1] == -float("inf")).any()]
+        if flags and bool(torch.stack(flags).any()):
+            for name, x in named:
+                checks.check_logits(name, self._host(torch, x))
+
     # ----------------------------------------------------------------------------------------------------
     # The math surface.
     # ----------------------------------------------------------------------------------------------------
