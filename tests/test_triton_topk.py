@@ -32,7 +32,7 @@ def test_the_top_k_kernels_under_the_interpreter() -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "4 passed, 1 skipped" in result.stdout, result.stdout[-2000:]
+    assert "5 passed, 1 skipped" in result.stdout, result.stdout[-2000:]
 
 
 def _scaled_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -123,3 +123,22 @@ def test_kd_loss_backward_with_a_top_k_teacher_is_the_kernel_gradient() -> None:
         BACKEND.kd_loss(x, teacher, torch.tensor(labels), **kw).backward()
         direct = BACKEND.kd_logit_gradient(torch.tensor(s), teacher, torch.tensor(labels), **kw)
         assert _scaled_error(direct.numpy(), x.grad.numpy()) < 1e-14
+
+
+@inner
+def test_the_topk_row_hook_is_the_kernel() -> None:
+    """``TritonBackend._topk``, the row hook of TorchFamily's top-k paths, returns the reference's value and
+    gradient (in the student's dtype) from the kernel."""
+    import torch
+
+    from backends.triton_backend import BACKEND
+    from reference import kd as ref
+
+    s, logprobs, ids, _ = _case(4, 40, 6, 21)
+    for mode, temperature in (("tail", 1.0), ("renormalize", 0.7)):
+        value, gradient = BACKEND._topk(
+            torch.tensor(s), torch.tensor(logprobs), torch.tensor(ids), mode, "reverse_kl", None, temperature
+        )
+        kw = {"mode": mode, "divergence": "reverse_kl", "temperature": temperature}
+        assert _scaled_error(value.numpy(), ref.topk_divergence(s, logprobs, ids, **kw)) < 1e-12
+        assert _scaled_error(gradient.numpy(), ref.topk_divergence_gradient(s, logprobs, ids, **kw)) < 1e-12
