@@ -24,15 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 from backends.protocol import FLOAT_DTYPES, Availability
 from backends.torch_backend import TorchBackend, _reduce
+from backends.triton_topk import CAPABILITIES as TOPK_CAPABILITIES
+from backends.triton_topk import TritonTopK
 from reference import checks
 from reference.kd_family import uses_family
 
 if TYPE_CHECKING:
     import torch
 
-CAPABILITIES = frozenset({"kd_loss_from_hidden"})
-"""Optional protocol members implemented here (the fused linear KD: the torch chunk loop around these
-kernels; the divergence family is not ported to Triton yet)."""
+CAPABILITIES = frozenset({"kd_loss_from_hidden"}) | TOPK_CAPABILITIES
+"""Optional protocol members implemented here: the fused linear KD (the torch chunk loop around these
+kernels) and a top-k teacher (:mod:`backends.triton_topk`); the dense divergence family is not ported yet."""
 
 
 def interpreted() -> bool:
@@ -40,7 +42,7 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
-class TritonBackend(TorchBackend):
+class TritonBackend(TritonTopK, TorchBackend):
     """The KD math as Triton kernels; see the module docstring."""
 
     dtypes: tuple[str, ...] = FLOAT_DTYPES
@@ -165,6 +167,23 @@ class TritonBackend(TorchBackend):
             return False
         flags = [stats[:, kernels.BAD].ne(0).any()] + [(stats[:, i] == -float("inf")).any() for i in streams]
         return bool(torch.stack(flags).any())
+
+    def _check_logits(self, torch: Any, *named: tuple[str, Any]) -> None:
+        """The family's value checks (:meth:`TorchFamily._check_logits`: NaN, +inf, a row without a finite entry)
+        from the statistics kernel, one pass per input read at one host sync, with no ``[N, V]`` temporaries;
+        only when one fires are the inputs handed to the reference's checks for the message."""
+        from backends import triton_kernels as kernels
+
+        flags = []
+        for _, x in named:
+            if x.is_floating_point() and x.numel():
+                compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+                rows = self._rows(torch, x, compute)
+                stats = self._stats(torch, rows, None, inv_temp=1.0, ce=True, q=False, compute=compute)
+                flags += [stats[:, kernels.BAD].ne(0).any(), (stats[:, kernels.M1] == -float("inf")).any()]
+        if flags and bool(torch.stack(flags).any()):
+            for name, x in named:
+                checks.check_logits(name, self._host(torch, x))
 
     # ----------------------------------------------------------------------------------------------------
     # The math surface.

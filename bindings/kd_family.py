@@ -265,10 +265,11 @@ def topk(ops: Any, d: DivergenceCase, b: TopKBatch, s: Any = None, mode: str | N
     )  # fmt: skip
 
 
-def topk_grad(ops: Any, d: DivergenceCase, b: TopKBatch, mode: str | None = None) -> np.ndarray:
-    """``topk_divergence_gradient`` of member ``d`` on ``b``."""
+def topk_grad(ops: Any, d: DivergenceCase, b: TopKBatch, mode: str | None = None, s: Any = None) -> np.ndarray:
+    """``topk_divergence_gradient`` of member ``d`` on ``b`` (student ``s`` instead of ``b.student`` if given)."""
+    student = b.student if s is None else s
     return _invoke(
-        ops, "topk_divergence_gradient", b.student, b.logprobs, b.ids, mode=mode or b.mode, divergence=d.name,
+        ops, "topk_divergence_gradient", student, b.logprobs, b.ids, mode=mode or b.mode, divergence=d.name,
         beta=d.value, temperature=b.temperature,
     )  # fmt: skip
 
@@ -415,6 +416,14 @@ def with_mass(logprobs: Any, mass: float) -> np.ndarray:
     return out
 
 
+def with_margin(student: Any, ids: Any, margin: float) -> np.ndarray:
+    """``student`` raised by ``margin`` at ``ids``: its top-k then holds all but about ``exp(-margin)`` of its mass
+    (a confident student, whose tail bucket ``1 - sum q[ids]`` would cancel)."""
+    out = np.array(student, dtype=np.float64)
+    np.put_along_axis(out, np.asarray(ids), np.take_along_axis(out, np.asarray(ids), axis=-1) + margin, axis=-1)
+    return out
+
+
 def topk_pair(logprobs: Any, ids: Any, mode: str = "tail") -> TopKTeacher:
     """A top-k teacher for ``kd_loss``."""
     return TopKTeacher(logprobs, ids, mode)
@@ -442,7 +451,7 @@ NAMES: dict[str, Any] = {
     for f in (
         case, div, div_grad, div_numeric_grad, gradient_integral, topk, topk_grad, topk_numeric_grad, topk_call,
         family_loss, family_gradient, family_numeric_gradient, accumulated, gather, outside, bucket_logits,
-        with_duplicate_id, with_last_row, with_mass, topk_pair, ln,
+        with_duplicate_id, with_last_row, with_mass, with_margin, topk_pair, ln,
     )
 }  # fmt: skip
 
