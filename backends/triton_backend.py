@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 from backends.protocol import FLOAT_DTYPES, Availability
 from backends.torch_backend import TorchBackend, _reduce
+from backends.triton_family import FAMILY_CAPABILITIES, TritonFamily
 from reference import checks
 from reference.kd_family import uses_family
 
 if TYPE_CHECKING:
     import torch
 
-CAPABILITIES = frozenset({"kd_loss_from_hidden"})
-"""Optional protocol members implemented here (the fused linear KD: the torch chunk loop around these
-kernels; the divergence family is not ported to Triton yet)."""
+CAPABILITIES = frozenset({"kd_loss_from_hidden"}) | FAMILY_CAPABILITIES
+"""Optional protocol members implemented here: the fused linear KD (the torch chunk loop around these
+kernels) and the dense divergence family (:mod:`backends.triton_family`)."""
 
 
 def interpreted() -> bool:
@@ -40,7 +41,7 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
-class TritonBackend(TorchBackend):
+class TritonBackend(TritonFamily, TorchBackend):
     """The KD math as Triton kernels; see the module docstring."""
 
     dtypes: tuple[str, ...] = FLOAT_DTYPES
