@@ -45,8 +45,12 @@ class TritonFamily:
     def _divergence_rows(
         self, torch: Any, s2: Any, t2: Any, stats: Any, name: str, w: float | None, temperature: float
     ) -> tuple[Any, Any]:
-        """``[N, 2]`` per-row ``(value, sum g)`` of 2-D rows ``s2``, ``t2``, and the element function used."""
+        """``[N, 2]`` per-row ``(value, sum g)`` of 2-D rows ``s2``, ``t2``, and the element function used.
+
+        Forward KL's value is the statistics pass's own (``stats[:, KL]``, what ``kl_divergence`` returns), so
+        ``generalized_jsd(beta=0)`` and a family ``kd_loss`` with forward KL equal the core members exactly."""
         from backends import triton_family_kernels as kernels
+        from backends import triton_kernels as core
 
         terms = kernels.terms_of(name, w, self.family_terms)
         n, vocab = s2.shape
@@ -57,6 +61,8 @@ class TritonFamily:
                 s2, t2, stats, rows, n, vocab, s2.stride(0), t2.stride(0), 1.0 / temperature, *_mixture_logs(w),
                 TERMS=terms, ACC=self._acc(torch, stats.dtype), BLOCK_N=block_n, BLOCK_V=block_v,
             )  # fmt: skip
+            if name == "forward_kl" or (name == "generalized_jsd" and w == 0.0):
+                rows[:, kernels.VALUE] = stats[:, core.KL]
         return rows, terms
 
     def _divergence_gradient(
