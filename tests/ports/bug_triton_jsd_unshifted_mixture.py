@@ -27,10 +27,9 @@ def generalized_jsd_terms_unshifted(lq, lp, w, log_w, log_1mw):
 
 
 class TritonJSDUnshiftedMixture(TritonBackend):
-    family_terms = {**TERMS, "generalized_jsd": generalized_jsd_terms_unshifted}
-
     def __init__(self) -> None:
         super().__init__()
+        self.family_terms = {**TERMS, "generalized_jsd": generalized_jsd_terms_unshifted}
         self.name = "bug-triton-jsd-unshifted-mixture"
 
 
