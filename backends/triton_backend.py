@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from backends.protocol import FLOAT_DTYPES, Availability
 from backends.torch_backend import TorchBackend, _reduce
+from backends.triton_family import FAMILY_CAPABILITIES, TritonFamily
 from backends.triton_topk import CAPABILITIES as TOPK_CAPABILITIES
 from backends.triton_topk import TritonTopK
 from reference import checks
@@ -32,9 +33,10 @@ from reference.kd_family import uses_family
 if TYPE_CHECKING:
     import torch
 
-CAPABILITIES = frozenset({"kd_loss_from_hidden"}) | TOPK_CAPABILITIES
+CAPABILITIES = frozenset({"kd_loss_from_hidden"}) | FAMILY_CAPABILITIES | TOPK_CAPABILITIES
 """Optional protocol members implemented here: the fused linear KD (the torch chunk loop around these
-kernels) and a top-k teacher (:mod:`backends.triton_topk`); the dense divergence family is not ported yet."""
+kernels), the dense divergence family (:mod:`backends.triton_family`) and a top-k teacher
+(:mod:`backends.triton_topk`)."""
 
 
 def interpreted() -> bool:
@@ -42,7 +44,7 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
-class TritonBackend(TritonTopK, TorchBackend):
+class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
     """The KD math as Triton kernels; see the module docstring."""
 
     dtypes: tuple[str, ...] = FLOAT_DTYPES
