@@ -57,8 +57,9 @@ def torch_row_kernel(
     grad_dtype = compute if gradient else None
     result = None
     if kernel.use_compiled(s.numel()):
-        hyper = [torch.tensor(x, dtype=compute, device=s.device) for x in (1.0 / temperature, alpha, 1.0 - alpha)]
-        result = kernel.run_compiled(s, t, y, weight, *hyper, grad_dtype, compute, temperature == 1.0)
+        result = kernel.run_compiled(
+            s, t, y, weight, temperature=temperature, alpha=alpha, compute=compute, gradient_dtype=grad_dtype
+        )
     if result is not None:
         loss, g, m_s, m_t = result
     else:
@@ -106,9 +107,11 @@ def chunked_loss_and_gradients(
     rows = chunk_rows or default_chunk_rows(vocab)
     valid = y != ignore_index
     count = valid.sum().clamp_min(1).to(compute)
-    weight = valid.to(compute) / count if reduction == "mean" else valid.to(compute)
+    weight = valid.to(torch.float64)  # float64: each row's gradient coefficient is rounded once, in the kernel
+    if reduction == "mean":
+        weight = weight / valid.sum().clamp_min(1)
     if grad_scale is not None:
-        weight = weight * grad_scale.to(compute)
+        weight = weight * grad_scale.to(torch.float64)
     safe_y = torch.where(valid, y, 0)
     wc = w.to(compute)
     per_row = torch.empty(n, dtype=compute, device=h.device)
