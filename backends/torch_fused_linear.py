@@ -29,13 +29,16 @@ RowKernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 per-row KD loss of a chunk (not masked) and ``weight_c``-scaled logit gradient. It validates the chunk's
 logits (raising the reference's ValueError)."""
 
-CHUNK_ELEMENTS = 1 << 22
-"""Default chunk: about this many logits (16 MiB of float32) per chunk, the size at which the row kernel is
-compiled (backends.torch_kd_kernel.COMPILE_MIN_ELEMENTS)."""
+CHUNK_ELEMENTS = 1 << 23
+"""Default chunk: about this many logits (32 MiB of float32) per chunk. Large enough that the chunk's matmuls
+run near the speed of whole ones and that the row kernel is compiled (from
+backends.torch_kd_kernel.COMPILE_MIN_ELEMENTS = 2^22 logits; below it the eager kernel runs); small enough that
+a chunk's few [C, V] buffers stay far below [N, V] at training sizes (at N = 4096, V = 32000: 256 rows, peak
+about 0.1x the unfused path's, benchmarks/RESULTS.md)."""
 
 
 def default_chunk_rows(vocab: int) -> int:
-    """Rows per chunk: at least :data:`CHUNK_ELEMENTS` logits (rounded up, so a chunk reaches the compile size)."""
+    """Rows per chunk: at least :data:`CHUNK_ELEMENTS` logits (rounded up to whole rows)."""
     return max(1, -(-CHUNK_ELEMENTS // max(vocab, 1)))
 
 

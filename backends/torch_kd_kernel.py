@@ -39,11 +39,11 @@ from typing import Any
 
 import torch
 
-BLOCK_ELEMENTS = 1 << 20
-"""Target entries per row block and intra-op thread (4 MiB of float32): every op on a block is one parallel
-region, so a block must be large enough that its start-up and barrier cost little (they dominate below about
-2^19 entries per thread on a busy CPU), and small enough that a block's scratch stays a small fraction of
-``[N, V]``. Measured in benchmarks/bench_kd.py (``torch-eager``); see benchmarks/RESULTS.md."""
+BLOCK_ELEMENTS = 1 << 21
+"""Target entries per row block and intra-op thread (8 MiB of float32). Every op on a block is one parallel
+region, so a block must be large enough that the regions' start-up and barriers cost little (on a busy CPU
+they dominate below about 2^20 entries per thread), and small enough that the scratch (2-3 blocks) stays a
+fraction of ``[N, V]``. Measured with benchmarks/bench_kd.py (``torch-eager``); see benchmarks/RESULTS.md."""
 
 BLOCK_ELEMENTS_MAX = 1 << 23
 """At most this many entries per block, whatever the thread count (the scratch is 2-3 blocks)."""
@@ -271,6 +271,9 @@ def fused_rows(
         cp = (w_kl * t64 * weight / zp).to(compute)
         one_hot = torch.arange(s.shape[1], device=s.device)[None, :] == y[:, None]
         label = (w_ce * weight).to(compute)
-        g = shifted.exp() * c1 + (a.exp() * cq - e_p * cp)
+        # p again, as ((m_t - t) / -T).exp(): the same values as e_p (negation is exact), but not the same graph
+        # node, so the compiler recomputes it in the gradient's loop instead of storing e_p as a [N, V] buffer.
+        e_p_again = ((m_t - t) / -temperature).exp()
+        g = shifted.exp() * c1 + (a.exp() * cq - e_p_again * cp)
         gradient = torch.where(one_hot, g - label, g).to(gradient_dtype)
     return loss[:, 0].to(compute), gradient, m_s[:, 0], m_t[:, 0]
