@@ -29,12 +29,12 @@ RowKernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 per-row KD loss of a chunk (not masked) and ``weight_c``-scaled logit gradient. It validates the chunk's
 logits (raising the reference's ValueError)."""
 
-CHUNK_ELEMENTS = 1 << 23
-"""Default chunk: about this many logits (32 MiB of float32) per chunk. Large enough that the chunk's matmuls
+CHUNK_ELEMENTS = 1 << 24
+"""Default chunk: about this many logits (64 MiB of float32) per chunk. Large enough that the chunk's matmuls
 run near the speed of whole ones and that the row kernel is compiled (from
 backends.torch_kd_kernel.COMPILE_MIN_ELEMENTS = 2^22 logits; below it the eager kernel runs); small enough that
-a chunk's few [C, V] buffers stay far below [N, V] at training sizes (at N = 4096, V = 32000: 256 rows, peak
-about 0.1x the unfused path's, benchmarks/RESULTS.md)."""
+a chunk's few [C, V] buffers stay far below [N, V] at training sizes (at N = 4096, V = 32000: 525 rows, peak
+about 0.16x the unfused path's; benchmarks/RESULTS.md)."""
 
 
 def default_chunk_rows(vocab: int) -> int:

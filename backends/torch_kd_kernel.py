@@ -130,6 +130,24 @@ def block_rows(vocab: int) -> int:
     return max(1, elements // max(vocab, 1))
 
 
+SUM_SEGMENT = 64
+"""Entries per float32 partial sum in :func:`row_sum_wide` (0: one float64 sum)."""
+
+
+def row_sum_wide(x: torch.Tensor) -> torch.Tensor:
+    """Row sums of a 2-D float tensor as float64 ``[N, 1]``: float32 sums over segments of :data:`SUM_SEGMENT`
+    entries, then their float64 sum. Nearly as accurate as a float64 sum (float32 rounding only within a
+    segment) and about 4x cheaper in eager torch, where ``sum(dtype=float64)`` first copies ``x`` to float64."""
+    rows, vocab = x.shape
+    head = vocab - vocab % SUM_SEGMENT if SUM_SEGMENT else 0
+    if head == 0:
+        return x.sum(dim=1, keepdim=True, dtype=torch.float64)
+    total = x[:, :head].reshape(rows, -1, SUM_SEGMENT).sum(dim=2).sum(dim=1, keepdim=True, dtype=torch.float64)
+    if head < vocab:
+        total = total + x[:, head:].sum(dim=1, keepdim=True, dtype=torch.float64)
+    return total
+
+
 def kd_rows(
     s: torch.Tensor,
     t: torch.Tensor,
@@ -181,10 +199,10 @@ def kd_rows(
             torch.sub(sb, ms, out=ab).div_(temperature)  # (s - m_s)/T: shifted logits of q, max entry 0
             torch.sub(tb, mt, out=bb).div_(temperature)  # (t - m_t)/T: shifted logits of p
             torch.exp(ab, out=cb)
-            zq = cb.sum(dim=1, keepdim=True, dtype=wide)
+            zq = row_sum_wide(cb)
             torch.sub(bb, ab, out=ab)  # d = log(e^p / e^q)
             bb.exp_()
-            zp = bb.sum(dim=1, keepdim=True, dtype=wide)
+            zp = row_sum_wide(bb)
             if gradient is not None:
                 coef_q = w_kl * temperature / zq
                 if temperature == 1.0 and w_ce != 0.0:  # softmax(s) = softmax(s/T): one exp serves both
@@ -200,7 +218,7 @@ def kd_rows(
             if z1 is None:
                 target = bb if (gradient is not None and w_kl != 0.0) else cb
                 torch.sub(sb, ms, out=target).exp_()
-                z1 = target.sum(dim=1, keepdim=True, dtype=wide)
+                z1 = row_sum_wide(target)
                 if gradient is not None:
                     coef = (w_ce * weight / z1).to(compute)
                     if target is cb:
