@@ -24,11 +24,12 @@ Numerics
     a KL term whose teacher probability is 0 is exactly 0 (``nansum`` drops the ``0 * -inf`` terms; a
     ``0 * finite`` term is 0 anyway). The gradient is the difference of softmaxes, each formed as
     ``exp((z - m)/T) * c`` where the row's coefficient ``c`` (loss weight, ``T``, row weight and ``1/Z``) is
-    computed in float64 and rounded once, and the sums ``Z`` of exponentials are accumulated in float64 (a
-    float32 sum over V terms is what limits autograd through ``log_softmax``, and the compiler's reductions add
-    each vector lane sequentially). In float32 the gradient is 2-17x closer to the float64 oracle than
-    autograd at V = 1000-4000 and about 100x at V = 32000 (benchmarks/bench_kd.py ``--accuracy``;
-    tests/test_torch_fast_path.py holds it to that).
+    computed in float64 and rounded once, and the sums ``Z`` of exponentials are accumulated in float64 (the
+    compiled kernel sums in float64; the eager one adds float32 sums of 64 entries in float64,
+    :func:`row_sum_wide`). A float32 sum over V terms is what limits autograd through ``log_softmax``, and the
+    compiler's reductions add each vector lane sequentially. In float32 the gradient is 2-17x closer to the
+    float64 oracle than autograd at V = 1000-4000 and 60-110x at V = 32000 (benchmarks/bench_kd.py
+    ``--accuracy``; tests/test_torch_fast_path.py holds it to that).
 """
 
 from __future__ import annotations
