@@ -463,15 +463,16 @@ def _forward_kl(
     valid = y1 != ignore_index
     labels_ok = bool((~(valid & ((y1 < 0) | (y1 >= vocab)))).all())
     count = valid.sum().clamp_min(1)
-    weight = valid.to(compute)
+    weight = valid.to(torch.float64)  # float64, so that each row's gradient coefficient is rounded once
     if reduction == "mean":
-        weight = weight / count.to(compute)
+        weight = weight / count
     safe_y = torch.where(valid, y1, 0)
     gradient_dtype = _gradient_dtype(torch, s) if gradient else None
     result = None
     if labels_ok and s2.numel() and kernel.use_compiled(s2.numel()):
-        hyper = [torch.tensor(x, dtype=compute, device=s.device) for x in (1.0 / temperature, alpha, 1.0 - alpha)]
-        result = kernel.run_compiled(s2, t2, safe_y, weight, *hyper, gradient_dtype, compute, temperature == 1.0)
+        result = kernel.run_compiled(
+            s2, t2, safe_y, weight, temperature=temperature, alpha=alpha, compute=compute, gradient_dtype=gradient_dtype
+        )
     if result is not None:
         per_row, grad, m_s, m_t = result
     else:

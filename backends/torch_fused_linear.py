@@ -29,13 +29,16 @@ RowKernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 per-row KD loss of a chunk (not masked) and ``weight_c``-scaled logit gradient. It validates the chunk's
 logits (raising the reference's ValueError)."""
 
-CHUNK_ELEMENTS = 1 << 22
-"""Default chunk: about this many logits (16 MiB of float32) per chunk, the size at which the row kernel is
-compiled (backends.torch_kd_kernel.COMPILE_MIN_ELEMENTS)."""
+CHUNK_ELEMENTS = 1 << 24
+"""Default chunk: about this many logits (64 MiB of float32) per chunk. Large enough that the chunk's matmuls
+run near the speed of whole ones and that the row kernel is compiled (from
+backends.torch_kd_kernel.COMPILE_MIN_ELEMENTS = 2^22 logits; below it the eager kernel runs); small enough that
+a chunk's few [C, V] buffers stay far below [N, V] at training sizes (at N = 4096, V = 32000: 525 rows, peak
+about 0.16x the unfused path's; benchmarks/RESULTS.md)."""
 
 
 def default_chunk_rows(vocab: int) -> int:
-    """Rows per chunk: at least :data:`CHUNK_ELEMENTS` logits (rounded up, so a chunk reaches the compile size)."""
+    """Rows per chunk: at least :data:`CHUNK_ELEMENTS` logits (rounded up to whole rows)."""
     return max(1, -(-CHUNK_ELEMENTS // max(vocab, 1)))
 
 
@@ -57,8 +60,9 @@ def torch_row_kernel(
     grad_dtype = compute if gradient else None
     result = None
     if kernel.use_compiled(s.numel()):
-        hyper = [torch.tensor(x, dtype=compute, device=s.device) for x in (1.0 / temperature, alpha, 1.0 - alpha)]
-        result = kernel.run_compiled(s, t, y, weight, *hyper, grad_dtype, compute, temperature == 1.0)
+        result = kernel.run_compiled(
+            s, t, y, weight, temperature=temperature, alpha=alpha, compute=compute, gradient_dtype=grad_dtype
+        )
     if result is not None:
         loss, g, m_s, m_t = result
     else:
@@ -106,9 +110,11 @@ def chunked_loss_and_gradients(
     rows = chunk_rows or default_chunk_rows(vocab)
     valid = y != ignore_index
     count = valid.sum().clamp_min(1).to(compute)
-    weight = valid.to(compute) / count if reduction == "mean" else valid.to(compute)
+    weight = valid.to(torch.float64)  # float64: each row's gradient coefficient is rounded once, in the kernel
+    if reduction == "mean":
+        weight = weight / valid.sum().clamp_min(1)
     if grad_scale is not None:
-        weight = weight * grad_scale.to(compute)
+        weight = weight * grad_scale.to(torch.float64)
     safe_y = torch.where(valid, y, 0)
     wc = w.to(compute)
     per_row = torch.empty(n, dtype=compute, device=h.device)

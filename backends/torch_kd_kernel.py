@@ -6,11 +6,11 @@ into one ``[..., V]`` output buffer. It is the fast path behind :class:`backends
 (``kd_loss`` and ``kd_logit_gradient``); inputs are already validated (shapes, dtypes, hyperparameters).
 
 Why it is fast (measured in ``benchmarks/bench_kd.py``; see benchmarks/RESULTS.md)
-    * The rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries, so every elementwise pass
-      over a block runs on data that is still in the CPU cache; only the first read of ``s`` and ``t``
-      and the single write of the gradient go to memory.
+    * The rows are processed in blocks of about :data:`BLOCK_ELEMENTS` entries per thread, so every
+      elementwise pass over a block runs on data that is still in the CPU's caches; only the first read of
+      ``s`` and ``t`` and the single write of the gradient go to memory.
     * Scratch space is two blocks (plus a third for bfloat16 inputs), allocated once per call: no
-      ``[N, V]`` temporary besides the gradient, so peak extra memory is 1 ``[N, V]`` unit plus a few MB,
+      ``[N, V]`` temporary besides the gradient, so peak extra memory is 1 ``[N, V]`` unit plus a few blocks,
       and there are no fresh page faults per pass.
     * The loss and the gradient share the row statistics: the gradient is formed in the same block pass
       (autograd's backward then only scales it), and the KL terms need no ``log_softmax`` tensor:
@@ -22,9 +22,14 @@ Why it is fast (measured in ``benchmarks/bench_kd.py``; see benchmarks/RESULTS.m
 Numerics
     Rows are shifted by their max before ``exp`` (logits of 1e4 stay finite, ``-inf`` gives exactly 0);
     a KL term whose teacher probability is 0 is exactly 0 (``nansum`` drops the ``0 * -inf`` terms; a
-    ``0 * finite`` term is 0 anyway); the gradient is the difference of normalized softmaxes, each formed
-    as ``exp(z - m) / Z`` in the compute dtype, which keeps it 10-50x closer to the float64 oracle than
-    autograd through ``log_softmax`` (see tests/test_torch_fast_path.py).
+    ``0 * finite`` term is 0 anyway). The gradient is the difference of softmaxes, each formed as
+    ``exp((z - m)/T) * c`` where the row's coefficient ``c`` (loss weight, ``T``, row weight and ``1/Z``) is
+    computed in float64 and rounded once, and the sums ``Z`` of exponentials are accumulated in float64 (the
+    compiled kernel sums in float64; the eager one adds float32 sums of 64 entries in float64,
+    :func:`row_sum_wide`). A float32 sum over V terms is what limits autograd through ``log_softmax``, and the
+    compiler's reductions add each vector lane sequentially. In float32 the gradient is 2-17x closer to the
+    float64 oracle than autograd at V = 1000-4000 and 60-110x at V = 32000 (benchmarks/bench_kd.py
+    ``--accuracy``; tests/test_torch_fast_path.py holds it to that).
 """
 
 from __future__ import annotations
@@ -35,9 +40,14 @@ from typing import Any
 
 import torch
 
-BLOCK_ELEMENTS = 1 << 18
-"""Target entries per row block (1 MiB of float32): small enough that a block's few scratch buffers stay
-in the L2 cache of this class of CPU, large enough that each op spreads over the intra-op threads."""
+BLOCK_ELEMENTS = 1 << 21
+"""Target entries per row block and intra-op thread (8 MiB of float32). Every op on a block is one parallel
+region, so a block must be large enough that the regions' start-up and barriers cost little (on a busy CPU
+they dominate below about 2^20 entries per thread), and small enough that the scratch (2-3 blocks) stays a
+fraction of ``[N, V]``. Measured with benchmarks/bench_kd.py (``torch-eager``); see benchmarks/RESULTS.md."""
+
+BLOCK_ELEMENTS_MAX = 1 << 23
+"""At most this many entries per block, whatever the thread count (the scratch is 2-3 blocks)."""
 
 
 COMPILE_ENV = "KD_TORCH_COMPILE"
@@ -72,13 +82,26 @@ def compiled_fused_rows() -> Any:
     return _compiled["fn"]
 
 
-def run_compiled(*args: Any) -> Any:
-    """Call the compiled kernel; None (and one warning per process) when torch.compile cannot run here."""
+def run_compiled(
+    s: torch.Tensor,
+    t: torch.Tensor,
+    y: torch.Tensor,
+    row_weight: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+    compute: torch.dtype,
+    gradient_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
+    """:func:`fused_rows` compiled: ``(loss, gradient, m_s, m_t)``, or None (and one warning per process)
+    when torch.compile cannot run here (the caller then runs :func:`kd_rows`)."""
     fn = compiled_fused_rows()
     if fn is None:
         return None
+    t_compute = torch.tensor(temperature, dtype=compute, device=s.device)
+    hyper = torch.tensor([temperature, alpha, 1.0 - alpha], dtype=torch.float64, device=s.device)
     try:
-        return fn(*args)
+        return fn(s, t, y, row_weight, t_compute, hyper, gradient_dtype, compute, temperature == 1.0)
     except Exception as error:  # no C++ compiler, an unsupported device, ...: fall back to the eager kernel
         _compiled["fn"] = None
         warnings.warn(
@@ -103,8 +126,27 @@ def row_max_all_finite(*row_maxes: torch.Tensor) -> bool:
 
 
 def block_rows(vocab: int) -> int:
-    """Rows per block for a vocabulary of ``vocab`` entries (at least 1)."""
-    return max(1, BLOCK_ELEMENTS // max(vocab, 1))
+    """Rows per block for a vocabulary of ``vocab`` entries (at least 1); see :data:`BLOCK_ELEMENTS`."""
+    elements = min(BLOCK_ELEMENTS * torch.get_num_threads(), BLOCK_ELEMENTS_MAX)
+    return max(1, elements // max(vocab, 1))
+
+
+SUM_SEGMENT = 64
+"""Entries per float32 partial sum in :func:`row_sum_wide` (0: one float64 sum)."""
+
+
+def row_sum_wide(x: torch.Tensor) -> torch.Tensor:
+    """Row sums of a 2-D float tensor as float64 ``[N, 1]``: float32 sums over segments of :data:`SUM_SEGMENT`
+    entries, then their float64 sum. Nearly as accurate as a float64 sum (float32 rounding only within a
+    segment) and about 4x cheaper in eager torch, where ``sum(dtype=float64)`` first copies ``x`` to float64."""
+    rows, vocab = x.shape
+    head = vocab - vocab % SUM_SEGMENT if SUM_SEGMENT else 0
+    if head == 0:
+        return x.sum(dim=1, keepdim=True, dtype=torch.float64)
+    total = x[:, :head].reshape(rows, -1, SUM_SEGMENT).sum(dim=2).sum(dim=1, keepdim=True, dtype=torch.float64)
+    if head < vocab:
+        total = total + x[:, head:].sum(dim=1, keepdim=True, dtype=torch.float64)
+    return total
 
 
 def kd_rows(
@@ -132,7 +174,6 @@ def kd_rows(
     if n == 0:
         empty = None if gradient_dtype is None else torch.empty((0, v), dtype=gradient_dtype, device=s.device)
         return torch.empty(0, dtype=compute, device=s.device), empty
-    inv_t = 1.0 / temperature
     w_ce, w_kl = alpha, 1.0 - alpha
     device = s.device
     loss = torch.empty(n, dtype=compute, device=device)
@@ -143,6 +184,7 @@ def kd_rows(
     # c: where a block's gradient is formed; the gradient itself when it has the compute dtype.
     c = torch.empty_like(a) if gradient is None or gradient_dtype != compute else None
     y = y.to(torch.int64)
+    wide = torch.float64  # per-row coefficients: formed in float64, rounded once to the compute dtype
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
         k = r1 - r0
@@ -150,25 +192,26 @@ def kd_rows(
         cb = c[:k] if c is not None else gradient[r0:r1]
         ms, mt = m_s[r0:r1, None].to(compute), m_t[r0:r1, None].to(compute)
         yb = y[r0:r1, None]
-        weight = None if row_weight is None else row_weight[r0:r1, None].to(compute)
+        weight = torch.ones((k, 1), dtype=wide, device=device) if row_weight is None else row_weight[r0:r1, None]
+        weight = weight.to(wide)
         block_loss = w_ce * (ms - sb.gather(1, yb).to(compute)) if w_ce != 0.0 else 0.0  # -(s_y - m_s)
         z1 = None
         if w_kl != 0.0:
-            torch.sub(sb, ms, out=ab).mul_(inv_t)  # (s - m_s)/T: shifted logits of q, max entry 0
-            torch.sub(tb, mt, out=bb).mul_(inv_t)  # (t - m_t)/T: shifted logits of p
+            torch.sub(sb, ms, out=ab).div_(temperature)  # (s - m_s)/T: shifted logits of q, max entry 0
+            torch.sub(tb, mt, out=bb).div_(temperature)  # (t - m_t)/T: shifted logits of p
             torch.exp(ab, out=cb)
-            zq = cb.sum(dim=1, keepdim=True)
+            zq = row_sum_wide(cb)
             torch.sub(bb, ab, out=ab)  # d = log(e^p / e^q)
             bb.exp_()
-            zp = bb.sum(dim=1, keepdim=True)
+            zp = row_sum_wide(bb)
             if gradient is not None:
                 coef_q = w_kl * temperature / zq
                 if temperature == 1.0 and w_ce != 0.0:  # softmax(s) = softmax(s/T): one exp serves both
                     coef_q = coef_q + w_ce / zq
-                cb.mul_(coef_q if weight is None else coef_q * weight)
-                coef_p = -w_kl * temperature / zp
-                cb.addcmul_(bb, coef_p if weight is None else coef_p * weight)
-            kl = ab.mul_(bb).nansum(dim=1, keepdim=True) / zp - zp.log() + zq.log()
+                cb.mul_((coef_q * weight).to(compute))
+                cb.addcmul_(bb, (-w_kl * temperature / zp * weight).to(compute))
+            zp_c, zq_c = zp.to(compute), zq.to(compute)  # the loss is formed in the compute dtype
+            kl = ab.mul_(bb).nansum(dim=1, keepdim=True) / zp_c - zp_c.log() + zq_c.log()
             block_loss = block_loss + (w_kl * temperature * temperature) * kl
             if temperature == 1.0:
                 z1 = zq
@@ -176,17 +219,16 @@ def kd_rows(
             if z1 is None:
                 target = bb if (gradient is not None and w_kl != 0.0) else cb
                 torch.sub(sb, ms, out=target).exp_()
-                z1 = target.sum(dim=1, keepdim=True)
+                z1 = row_sum_wide(target)
                 if gradient is not None:
-                    coef = w_ce / z1 if weight is None else (w_ce * weight) / z1
+                    coef = (w_ce * weight / z1).to(compute)
                     if target is cb:
                         cb.mul_(coef)
                     else:
                         cb.addcmul_(bb, coef)
-            block_loss = block_loss + w_ce * z1.log()
+            block_loss = block_loss + w_ce * z1.to(compute).log()
             if gradient is not None:
-                minus = torch.full((k, 1), -w_ce, dtype=compute, device=device)
-                cb.scatter_add_(1, yb, minus if weight is None else minus * weight)
+                cb.scatter_add_(1, yb, (-w_ce * weight).to(compute))
         if gradient is not None and c is not None:
             gradient[r0:r1].copy_(cb)
         loss[r0:r1] = block_loss.squeeze(1) if isinstance(block_loss, torch.Tensor) else block_loss
@@ -198,16 +240,13 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]) if x.is_contiguous() else x.contiguous().reshape(-1, x.shape[-1])
 
 
-
-
 def fused_rows(
     s: torch.Tensor,
     t: torch.Tensor,
     y: torch.Tensor,
     row_weight: torch.Tensor,
-    inv_t: torch.Tensor,
-    w_ce: torch.Tensor,
-    w_kl: torch.Tensor,
+    temperature: torch.Tensor,
+    hyper: torch.Tensor,
     gradient_dtype: torch.dtype | None,
     compute: torch.dtype,
     unit_temperature: bool,
@@ -215,8 +254,9 @@ def fused_rows(
     """The same per-row loss and gradient as :func:`kd_rows`, written whole-tensor for ``torch.compile``.
 
     The compiler fuses it into a few loops over each row (row max; the three sums of exponentials and
-    the KL sum; the gradient), with no ``[N, V]`` temporary. Hyperparameters come as 0-d tensors so one
-    compiled graph serves every temperature and alpha. Returns ``(loss, gradient, m_s, m_t)``: the row
+    the KL sum; the gradient), with no ``[N, V]`` temporary. Hyperparameters come as tensors so one compiled
+    graph serves every temperature and alpha: ``temperature`` 0-d in ``compute``, ``hyper`` the float64
+    ``[T, alpha, 1 - alpha]``; ``row_weight`` is float64. Returns ``(loss, gradient, m_s, m_t)``: the row
     maxes let the caller validate the inputs after the fact (the result is discarded when they flag).
     """
     s = s.to(compute)
@@ -224,26 +264,35 @@ def fused_rows(
     m_s = s.amax(dim=1, keepdim=True)
     m_t = t.amax(dim=1, keepdim=True)
     shifted = s - m_s
-    a = shifted * inv_t  # log of the unnormalized q = softmax(s/T), max entry 0
-    b = (t - m_t) * inv_t  # log of the unnormalized p = softmax(t/T)
-    log_z1 = shifted.exp().sum(dim=1, keepdim=True).log()
-    log_zq = log_z1 if unit_temperature else a.exp().sum(dim=1, keepdim=True).log()
+    a = shifted / temperature  # log of the unnormalized q = softmax(s/T), max entry 0
+    b = (t - m_t) / temperature  # log of the unnormalized p = softmax(t/T)
+    # The sums are accumulated in float64: the compiler's reductions add each vector lane sequentially, whose
+    # float32 rounding error grows with V (1e-5 relative at V = 32000, as large as autograd's own error).
+    wide = torch.float64
+    z1 = shifted.exp().sum(dim=1, keepdim=True, dtype=wide)
+    zq = z1 if unit_temperature else a.exp().sum(dim=1, keepdim=True, dtype=wide)
     e_p = b.exp()
-    log_zp = e_p.sum(dim=1, keepdim=True).log()
+    zp = e_p.sum(dim=1, keepdim=True, dtype=wide)
     zero = torch.zeros((), dtype=compute, device=s.device)
     kl_terms = torch.where(e_p == 0, zero, e_p * (b - a))  # p_v = 0: the term is exactly 0
-    kl = kl_terms.sum(dim=1, keepdim=True) * torch.exp(-log_zp) - log_zp + log_zq
-    ce = log_z1 - shifted.gather(1, y[:, None])
-    temperature = 1.0 / inv_t
-    loss = torch.where(w_ce == 0, zero, w_ce * ce) + torch.where(w_kl == 0, zero, (w_kl * temperature**2) * kl)
+    kl = kl_terms.sum(dim=1, keepdim=True, dtype=wide) / zp - zp.log() + zq.log()
+    ce = z1.log() - shifted.gather(1, y[:, None])
+    t64, w_ce, w_kl = hyper[0], hyper[1], hyper[2]
+    loss = torch.where(w_ce == 0, 0.0, w_ce * ce) + torch.where(w_kl == 0, 0.0, (w_kl * t64**2) * kl)
     gradient = None
     if gradient_dtype is not None:
-        # Softmaxes recomputed from the logits and the log-normalizers, so that the compiler forms the
-        # gradient in one loop that reads s and t and writes the result, with nothing stored in between.
-        # exp(x) / z, not exp(x - log z): the subtraction would cost |log z| ulps of relative accuracy.
-        q1 = shifted.exp() / log_z1.exp()
-        soft = a.exp() / log_zq.exp() - (b - log_zp).exp()
+        # Softmaxes recomputed from the logits, each exp(x) times one coefficient rounded once from float64
+        # (row weight, loss weight, T and 1/Z together), so that the compiler forms the gradient in one loop that
+        # reads s and t and writes the result. Not exp(x - log Z): that costs |log Z| ulps of relative accuracy.
+        weight = row_weight[:, None]
+        c1 = (w_ce * weight / z1).to(compute)
+        cq = (w_kl * t64 * weight / zq).to(compute)
+        cp = (w_kl * t64 * weight / zp).to(compute)
         one_hot = torch.arange(s.shape[1], device=s.device)[None, :] == y[:, None]
-        g = w_ce * torch.where(one_hot, q1 - 1.0, q1) + (w_kl * temperature) * soft
-        gradient = (g * row_weight[:, None].to(compute)).to(gradient_dtype)
-    return loss[:, 0], gradient, m_s[:, 0], m_t[:, 0]
+        label = (w_ce * weight).to(compute)
+        # p again, as ((m_t - t) / -T).exp(): the same values as e_p (negation is exact), but not the same graph
+        # node, so the compiler recomputes it in the gradient's loop instead of storing e_p as a [N, V] buffer.
+        e_p_again = ((m_t - t) / -temperature).exp()
+        g = shifted.exp() * c1 + (a.exp() * cq - e_p_again * cp)
+        gradient = torch.where(one_hot, g - label, g).to(gradient_dtype)
+    return loss[:, 0].to(compute), gradient, m_s[:, 0], m_t[:, 0]

@@ -1,12 +1,14 @@
 """KD loss + gradient: the project's paths against what users write by hand, in one run, as ratios.
 
     python benchmarks/bench_kd.py [--shapes 1024x32000,1024x128256] [--repeats 7] [--dtype float32]
-                                  [--fused 4096x256x32000] [--no-compile] [--liger]
+                                  [--fused 4096x256x32000] [--no-compile] [--accuracy] [--liger]
 
 Timing (every shape; methods interleaved round by round so CPU contention hits them alike; medians):
 
 * ``torch``: the torch backend's ``kd_loss(...)`` then ``.backward()`` (the project's fast path);
 * ``eager``: ``alpha * F.cross_entropy + (1 - alpha) * T^2 * F.kl_div(log_target=True)`` then ``.backward()``;
+* ``torch-eager``: the same with ``KD_TORCH_COMPILE=never`` (the eager row-block kernel, as used without
+  torch.compile or below its size threshold);
 * ``compiled``: the same formula under ``torch.compile`` (compiled once before timing);
 * ``floor``: ``torch.sub(s, t)``: read ``s`` and ``t`` and write one ``[N, V]`` tensor, the bandwidth floor;
 * ``triton``: the Triton backend's ``kd_loss`` + backward, timed only on a CUDA GPU.
@@ -16,6 +18,10 @@ one ``[N, V]`` float32 tensor (``VmHWM`` is reset through ``/proc/self/clear_ref
 
 Fused linear KD (``--fused NxHxV``): peak memory of ``kd_loss_from_hidden`` against ``hidden @ weight.T`` then
 ``kd_loss`` (both with the gradient of hidden and weight), and their time ratio.
+
+``--accuracy``: the gradient's max absolute and row-relative error against the float64 reference on float32
+inputs (several shapes, temperatures, peaked rows): the torch backend's eager and compiled kernels and autograd
+through ``log_softmax``.
 
 ``--liger``: Liger-Kernel's LigerKLDIVLoss, LigerJSD and LigerFusedLinearJSDLoss against the project's values
 on a small shape (correctness only; on CPU they run under the Triton interpreter and are not timed).
@@ -68,11 +74,26 @@ def step_of(loss_fn: Callable) -> Callable:
     return step
 
 
-def project_loss(backend_name: str) -> Callable:
+def project_loss(backend_name: str, compile_mode: str | None = None) -> Callable:
+    """The backend's ``kd_loss``; ``compile_mode`` sets ``KD_TORCH_COMPILE`` around each call (torch only)."""
     from backends import registry
+    from backends.torch_kd_kernel import COMPILE_ENV
 
     backend = registry.get(backend_name)
-    return lambda s, t, y: backend.kd_loss(s, t, y, temperature=TEMPERATURE, alpha=ALPHA)
+
+    def loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        before = os.environ.get(COMPILE_ENV)
+        if compile_mode is not None:
+            os.environ[COMPILE_ENV] = compile_mode
+        try:
+            return backend.kd_loss(s, t, y, temperature=TEMPERATURE, alpha=ALPHA)
+        finally:
+            if before is None:
+                os.environ.pop(COMPILE_ENV, None)
+            else:
+                os.environ[COMPILE_ENV] = before
+
+    return loss
 
 
 def floor_step(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -137,7 +158,9 @@ def time_interleaved(methods: dict[str, Callable], args: tuple, repeats: int, de
 def bench_shape(rows: int, vocab: int, args: argparse.Namespace, device: str) -> None:
     dtype = getattr(torch, args.dtype)
     s, t, y = make_inputs(rows, vocab, dtype, device)
-    methods: dict[str, Callable] = {"torch": step_of(project_loss("torch" if device == "cpu" else "torch-cuda"))}
+    name = "torch" if device == "cpu" else "torch-cuda"
+    methods: dict[str, Callable] = {"torch": step_of(project_loss(name))}
+    methods["torch-eager"] = step_of(project_loss(name, compile_mode="never"))
     if device == "cuda":
         methods["triton"] = step_of(project_loss("triton"))
     methods["eager"] = step_of(formula)
@@ -147,11 +170,105 @@ def bench_shape(rows: int, vocab: int, args: argparse.Namespace, device: str) ->
     times = time_interleaved(methods, (s, t, y), args.repeats, device)
     unit = rows * vocab * 4
     print(f"\n{rows} x {vocab} {args.dtype} on {device}, median of {args.repeats} interleaved rounds")
-    print(f"{'method':>10} {'time (s)':>10} {'/ torch':>9} {'/ compiled':>11} {'peak extra [N,V] f32 units':>28}")
+    head = f"{'method':>11} {'time (s)':>10} {'/ torch':>9} {'/ eager':>9} {'/ compiled':>11}"
+    print(f"{head} {'peak extra [N,V] f32 units':>28}")
     for name, fn in methods.items():
         peak = peak_extra_bytes(lambda fn=fn: fn(s, t, y), device) / unit
         vs_compiled = f"{times[name] / times['compiled']:11.2f}" if "compiled" in times else f"{'-':>11}"
-        print(f"{name:>10} {times[name]:10.4f} {times[name] / times['torch']:9.2f} {vs_compiled} {peak:28.2f}")
+        print(
+            f"{name:>11} {times[name]:10.4f} {times[name] / times['torch']:9.2f} "
+            f"{times[name] / times['eager']:9.2f} {vs_compiled} {peak:28.2f}"
+        )
+
+
+ACCURACY_CASES = (  # rows, vocab, logit scale, temperature, alpha
+    (64, 4000, 4.0, 2.0, 0.3),
+    (64, 4000, 4.0, 1.0, 0.5),
+    (64, 4000, 1.0, 0.5, 0.5),
+    (64, 4000, 20.0, 3.0, 0.2),
+    (64, 4000, 4.0, 0.7, 0.0),
+    (64, 1000, 50.0, 1.0, 1.0),
+    (32, 32000, 3.0, 2.0, 0.5),
+    (8, 128256, 3.0, 2.0, 0.5),
+)
+
+
+def accuracy_inputs(rows: int, vocab: int, scale: float, seed: int = 0):
+    """float32 logits (every third teacher row and fourth student row peaked on one token) and labels."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(rows, vocab, generator=g) * scale
+    t = torch.randn(rows, vocab, generator=g) * scale
+    s[::4, 7] += 5 * scale
+    t[::3, 7] += 5 * scale
+    y = torch.randint(0, vocab, (rows,), generator=g)
+    y[::5] = -100
+    return s, t, y
+
+
+def autograd_gradient(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, alpha: float):
+    """The gradient of the hand-written formula by autograd through ``log_softmax``."""
+    leaf = s.detach().clone().requires_grad_(True)
+    valid = y != -100
+    ce = F.cross_entropy(leaf, y, ignore_index=-100)
+    log_q, log_p = F.log_softmax(leaf / temperature, -1), F.log_softmax(t / temperature, -1)
+    kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+    kl = torch.where(valid, kl, 0.0).sum() / valid.sum().clamp_min(1)
+    (alpha * ce + (1 - alpha) * temperature**2 * kl).backward()
+    return leaf.grad
+
+
+def seed_gradient(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, alpha: float):
+    """The seed's analytic gradient (backends/torch_backend.py at ded09bc): ``alpha (softmax(s) - e_y) + (1 - alpha)
+    T (softmax(s/T) - softmax(t/T))``, each softmax ``exp((z - m) - log sum exp(z - m))`` with ``torch.sum``."""
+
+    def log_softmax(z: torch.Tensor) -> torch.Tensor:
+        m = z.amax(-1, keepdim=True)
+        return (z - m) - (z - m).exp().sum(-1, keepdim=True).log()
+
+    valid = y != -100
+    g = alpha * log_softmax(s).exp()
+    g[valid, y[valid]] -= alpha
+    g += ((1 - alpha) * temperature) * (log_softmax(s / temperature).exp() - log_softmax(t / temperature).exp())
+    return torch.where(valid[:, None], g, 0.0) / valid.sum().clamp_min(1)
+
+
+def bench_accuracy(args: argparse.Namespace) -> None:
+    """Max absolute and row-relative error of float32 gradients against the float64 reference on the same
+    (float32-rounded) inputs: autograd, the seed's softmax difference, the torch backend's eager and compiled
+    kernels."""
+    import numpy as np
+
+    from backends import registry
+    from backends.torch_kd_kernel import COMPILE_ENV
+    from reference import kd
+
+    backend = registry.get("torch")
+    modes = ["never"] if args.no_compile else ["never", "always"]
+    print(
+        "\ngradient accuracy, float32 against the float64 reference on the same inputs: max |error|, max |error| / "
+        "the row's max |gradient|, and how many times smaller the max |error| is than autograd's"
+    )
+    names = ["autograd", "seed", *(f"KD_TORCH_COMPILE={mode}" for mode in modes)]
+    print(f"{'N x V, scale, T, alpha':>30} " + " ".join(f"{name:>24}" for name in names))
+    for rows, vocab, scale, temperature, alpha in ACCURACY_CASES:
+        s, t, y = accuracy_inputs(rows, vocab, scale)
+        exact = kd.kd_logit_gradient(s.double().numpy(), t.double().numpy(), y.numpy(), temperature=temperature,
+                                     alpha=alpha)  # fmt: skip
+        row_scale = np.abs(exact).max(axis=1, keepdims=True)
+        row_scale[row_scale == 0] = np.inf  # ignored rows: exactly 0 on every path
+        grads = [autograd_gradient(s, t, y, temperature, alpha), seed_gradient(s, t, y, temperature, alpha)]
+        for mode in modes:
+            os.environ[COMPILE_ENV] = mode
+            grads.append(backend.kd_logit_gradient(s, t, y, temperature=temperature, alpha=alpha))
+        os.environ.pop(COMPILE_ENV, None)
+        cells = []
+        for g in grads:
+            error = np.abs(g.double().numpy() - exact)
+            cells.append(f"{error.max():8.2e} {(error / row_scale).max():8.2e}")
+            if cells[1:]:
+                cells[-1] += f" {np.abs(grads[0].double().numpy() - exact).max() / error.max():5.1f}x"
+        label = f"{rows} x {vocab}, {scale:g}, {temperature:g}, {alpha:g}"
+        print(f"{label:>30} " + " ".join(f"{c:>24}" for c in cells))
 
 
 def bench_fused(spec: str, args: argparse.Namespace, device: str) -> None:
@@ -209,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fused", default="4096x256x32000", help="NxHxV for the fused linear KD ('' to skip)")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd formula")
     parser.add_argument("--liger", action="store_true", help="check Liger-Kernel's losses (correctness only)")
+    parser.add_argument("--accuracy", action="store_true", help="gradient error against float64 (CPU)")
     args = parser.parse_args(argv)
     _mmap_every_block()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -221,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_shape(rows, vocab, args, device)
     if args.fused:
         bench_fused(args.fused, args, device)
+    if args.accuracy:
+        bench_accuracy(args)
     if args.liger:
         check_liger()
     return 0

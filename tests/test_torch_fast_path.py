@@ -28,7 +28,7 @@ def _inputs(shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_row_blocks_span_several_blocks_and_match_the_reference(monkeypatch, reduction: str) -> None:
-    monkeypatch.setattr(kernel, "BLOCK_ELEMENTS", 64)  # 3 rows of 20 per block: 7 blocks, the last partial
+    monkeypatch.setattr(kernel, "block_rows", lambda vocab: 3)  # 20 rows: 7 blocks, the last partial
     monkeypatch.setenv(kernel.COMPILE_ENV, "never")
     s, t, y = _inputs((4, 5, 20))
     loss = TORCH_CPU.kd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), reduction=reduction, **KW)
@@ -54,22 +54,53 @@ def test_the_compiled_kernel_matches_the_reference_and_the_eager_one(monkeypatch
         TORCH_CPU.kd_loss(bad.requires_grad_(True), teacher, labels, **KW)
 
 
-def test_the_gradient_is_closer_to_float64_than_autograd_through_log_softmax(monkeypatch) -> None:
-    monkeypatch.setenv(kernel.COMPILE_ENV, "never")
-    s, t, y = _inputs((64, 4000), seed=2)
-    s32, t32 = s.astype(np.float32), t.astype(np.float32)
-    exact = kd.kd_logit_gradient(s32.astype(np.float64), t32.astype(np.float64), y, **KW)
-    ours = TORCH_CPU.kd_logit_gradient(torch.tensor(s32), torch.tensor(t32), torch.tensor(y), **KW).numpy()
-    leaf = torch.tensor(s32, requires_grad=True)
-    tt, yy, temperature, alpha = torch.tensor(t32), torch.tensor(y), KW["temperature"], KW["alpha"]
-    ce = F.cross_entropy(leaf, yy, ignore_index=-100)
-    kl = F.kl_div(F.log_softmax(leaf / temperature, -1), F.log_softmax(tt / temperature, -1), log_target=True,
+ACCURACY_CASES = [  # rows, vocab, logit scale, temperature, alpha, how many times closer than autograd at least
+    (64, 4000, 4.0, 2.0, 0.3, 4),
+    (64, 4000, 4.0, 1.0, 0.5, 4),
+    (64, 4000, 1.0, 0.5, 0.5, 2),
+    (64, 4000, 20.0, 3.0, 0.2, 1.5),
+    (64, 4000, 4.0, 0.7, 0.0, 4),
+    (64, 1000, 50.0, 1.0, 1.0, 1.5),
+    (32, 32000, 3.0, 2.0, 0.5, 20),
+]
+ACCURACY_RUNS = [(*case, "never") for case in ACCURACY_CASES] + [(*ACCURACY_CASES[-1], "always")]
+
+
+def _autograd_gradient(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, alpha: float):
+    leaf = s.clone().requires_grad_(True)
+    ce = F.cross_entropy(leaf, y, ignore_index=-100)
+    kl = F.kl_div(F.log_softmax(leaf / temperature, -1), F.log_softmax(t / temperature, -1), log_target=True,
                   reduction="none").sum(-1)  # fmt: skip
-    kl = torch.where(yy != -100, kl, 0.0).sum() / (yy != -100).sum()
+    kl = torch.where(y != -100, kl, 0.0).sum() / (y != -100).sum()
     (alpha * ce + (1 - alpha) * temperature**2 * kl).backward()
-    ours_error = np.abs(ours - exact).max()
-    autograd_error = np.abs(leaf.grad.numpy() - exact).max()
-    assert ours_error * 3 < autograd_error, (ours_error, autograd_error)  # measured: 3.8x
+    return leaf.grad
+
+
+@pytest.mark.parametrize(("rows", "vocab", "scale", "temperature", "alpha", "factor", "mode"), ACCURACY_RUNS)
+def test_the_gradient_is_closer_to_float64_than_autograd_through_log_softmax(
+    monkeypatch, rows: int, vocab: int, scale: float, temperature: float, alpha: float, factor: float, mode: str
+) -> None:
+    """float32 inputs (peaked rows included): the kernel's max |error| against the float64 reference is at most
+    1/factor of autograd's on the same inputs (eager on every case, compiled on the largest). Measured with
+    benchmarks/bench_kd.py --accuracy: eager 2.1x to 10x at V = 1000-4000 and 60x at V = 32000 (compiled: up to 17x
+    and 111x), where autograd's float32 sums lose most; the seed's softmax difference reached 1.0x-5x and 29x. What
+    buys it: the sums of exponentials accumulated in float64, each row's coefficient (weight, T, 1/Z) rounded once.
+    The kernels as they were before (float32 sums) fail it."""
+    monkeypatch.setenv(kernel.COMPILE_ENV, mode)
+    rng = np.random.default_rng(rows * vocab)
+    s32 = (rng.normal(0, scale, (rows, vocab))).astype(np.float32)
+    t32 = (rng.normal(0, scale, (rows, vocab))).astype(np.float32)
+    s32[::4, 7] += 5 * scale  # peaked student and teacher rows
+    t32[::3, 7] += 5 * scale
+    y = rng.integers(0, vocab, rows)
+    y[::5] = -100
+    exact = kd.kd_logit_gradient(s32.astype(np.float64), t32.astype(np.float64), y, temperature=temperature,
+                                 alpha=alpha)  # fmt: skip
+    s, t, labels = torch.tensor(s32), torch.tensor(t32), torch.tensor(y)
+    ours = TORCH_CPU.kd_logit_gradient(s, t, labels, temperature=temperature, alpha=alpha).double().numpy()
+    autograd = _autograd_gradient(s, t, labels, temperature, alpha).double().numpy()
+    ours_error, autograd_error = np.abs(ours - exact).max(), np.abs(autograd - exact).max()
+    assert ours_error * factor <= autograd_error, (ours_error, autograd_error, factor)
 
 
 def test_grad_output_scales_the_gradient_and_a_second_backward_recomputes_it(monkeypatch) -> None:
