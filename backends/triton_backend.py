@@ -13,7 +13,10 @@ inputs handed to the reference's checks for the message. ``kd_loss`` is differen
 gradient kernel, with ``grad_output`` folded into the per-row weights.
 
 Dtypes: float64 computes in float64; float32 and bfloat16 are loaded as they are and accumulated in
-float32; results come back in the input's dtype (the torch backend's policy).
+float32; results come back in the input's dtype (the torch backend's policy). Scalars (``1 / T``, loss
+weights, a member's parameter) reach the kernels in a tensor of the accumulation dtype, never as Python floats,
+which compiled Triton rounds to float32; under the interpreter, float arguments are made float32 the same way
+(:mod:`backends.triton_interpreter`), so the suite sees what a GPU computes.
 """
 
 from __future__ import annotations
@@ -90,10 +93,23 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
     def _launch(self, kernel: Any, grid: tuple[int], *args: Any, **meta: Any) -> None:
         """``kernel[grid](*args, **meta)``; in the interpreter, numpy's floating-point warnings are silenced
         (``tl.where`` evaluates both branches, so guarded ``-inf - -inf`` and ``log(0)`` are computed and
-        discarded, as on a GPU, where they raise nothing)."""
+        discarded, as on a GPU, where they raise nothing).
+
+        A Python float argument is refused: compiled Triton passes it as float32, so a float64 kernel would
+        compute with a rounded ``1 / T`` or ``log beta``. Scalars go in ``PARAMS``
+        (:func:`backends.triton_terms.params`)."""
+        floats = [i for i, arg in enumerate(args) if isinstance(arg, float)]
+        if floats:
+            raise TypeError(
+                f"{getattr(kernel, '__name__', kernel)}: argument(s) {floats} are Python floats, which Triton passes "
+                "as float32: put them in the PARAMS tensor (backends.triton_terms.params)"
+            )
         if self.device == "cpu":
             import numpy as np
 
+            from backends.triton_interpreter import wrap_float_arguments
+
+            wrap_float_arguments()  # float arguments become float32, as compiled Triton makes them
             with np.errstate(all="ignore"):
                 kernel[grid](*args, **meta)
         else:
@@ -122,13 +138,14 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
         s: torch.Tensor,
         t: torch.Tensor | None,
         *,
-        inv_temp: float,
+        temperature: float,
         ce: bool,
         q: bool,
         compute: Any,
     ) -> torch.Tensor:
         """Row statistics ``[N, 8]`` of 2-D contiguous ``s`` (and ``t``), see :mod:`backends.triton_kernels`."""
         from backends import triton_kernels as kernels
+        from backends.triton_terms import params
 
         n, vocab = s.shape
         stats = torch.empty((n, kernels.N_STATS), dtype=compute, device=s.device)
@@ -144,7 +161,7 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
             vocab,
             s.stride(0),
             s.stride(0) if t is None else t.stride(0),
-            inv_temp,
+            params(torch, compute, s.device, temperature=temperature),
             HAS_CE=ce,
             HAS_Q=q,
             HAS_P=t is not None,
@@ -181,7 +198,7 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
             if x.is_floating_point() and x.numel():
                 compute = torch.float64 if x.dtype == torch.float64 else torch.float32
                 rows = self._rows(torch, x, compute)
-                stats = self._stats(torch, rows, None, inv_temp=1.0, ce=True, q=False, compute=compute)
+                stats = self._stats(torch, rows, None, temperature=1.0, ce=True, q=False, compute=compute)
                 flags += [stats[:, kernels.BAD].ne(0).any(), (stats[:, kernels.M1] == -float("inf")).any()]
         if flags and bool(torch.stack(flags).any()):
             for name, x in named:
@@ -193,6 +210,7 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
 
     def _softmax(self, logits: Any, temperature: Any, log: bool) -> torch.Tensor:
         from backends import triton_kernels as kernels
+        from backends.triton_terms import params
 
         temperature = checks.check_temperature(temperature)
         torch = self._torch()
@@ -200,20 +218,21 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
         checks.check_logits_shape("logits", tuple(z.shape))
         compute, out = self._compute_dtype(torch, z)
         rows = self._rows(torch, z, compute)
-        stats = self._stats(torch, rows, None, inv_temp=1.0 / temperature, ce=False, q=True, compute=compute)
+        stats = self._stats(torch, rows, None, temperature=temperature, ce=False, q=True, compute=compute)
         if self._flagged(torch, stats, (kernels.MQ,)):
             self._check_values(torch, [("logits", z)])
         if temperature < 1.0 and rows.shape[0] and bool((stats[:, kernels.MQ] == float("inf")).any()):
             # z / T overflowed (finite logits near the dtype's limit, T < 1): shift before dividing, as the
             # reference does; softmax is invariant to the per-row shift. Only this rare case pays the extra pass.
             rows = rows - rows.amax(dim=-1, keepdim=True)
-            stats = self._stats(torch, rows, None, inv_temp=1.0 / temperature, ce=False, q=True, compute=compute)
+            stats = self._stats(torch, rows, None, temperature=temperature, ce=False, q=True, compute=compute)
         result = torch.empty(rows.shape, dtype=out, device=rows.device)
         if rows.shape[0]:
             block_n, block_v = self._blocks(*rows.shape)
             self._launch(kernels.softmax_out, (-(-rows.shape[0] // block_n),),
                 rows, stats, result, rows.shape[0], rows.shape[1], rows.stride(0), result.stride(0),
-                1.0 / temperature, LOG=log, ACC=self._acc(torch, compute), BLOCK_N=block_n, BLOCK_V=block_v,
+                params(torch, compute, rows.device, temperature=temperature),
+                LOG=log, ACC=self._acc(torch, compute), BLOCK_N=block_n, BLOCK_V=block_v,
             )  # fmt: skip
         return result.reshape(z.shape)
 
@@ -239,7 +258,7 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
         torch, s, y, ignore_index, reduction = self._ce_inputs(logits, labels, ignore_index, reduction)
         compute, out = self._compute_dtype(torch, s)
         rows = self._rows(torch, s, compute)
-        stats = self._stats(torch, rows, None, inv_temp=1.0, ce=True, q=False, compute=compute)
+        stats = self._stats(torch, rows, None, temperature=1.0, ce=True, q=False, compute=compute)
         y1 = y.reshape(-1)
         valid = y1 != ignore_index
         if self._flagged(torch, stats, (kernels.M1,)) or bool((valid & ((y1 < 0) | (y1 >= s.shape[-1]))).any()):
@@ -268,7 +287,7 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
         t = t.to(s.device)
         compute, out = self._compute_dtype(torch, s, t)
         s2, t2 = self._rows(torch, s, compute), self._rows(torch, t, compute)
-        stats = self._stats(torch, s2, t2, inv_temp=1.0 / temperature, ce=False, q=True, compute=compute)
+        stats = self._stats(torch, s2, t2, temperature=temperature, ce=False, q=True, compute=compute)
         if self._flagged(torch, stats, (kernels.MQ, kernels.MP)):
             self._check_values(torch, [("student_logits", s), ("teacher_logits", t)])
         return stats[:, kernels.KL].reshape(s.shape[:-1]).to(out)
@@ -282,7 +301,7 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
         compute, _ = self._compute_dtype(torch, s, t)
         s2, t2 = self._rows(torch, s, compute), self._rows(torch, t, compute)
         # The teacher is read even when alpha = 1: its values are validated like the reference does.
-        stats = self._stats(torch, s2, t2, inv_temp=1.0 / temperature, ce=alpha != 0.0, q=True, compute=compute)
+        stats = self._stats(torch, s2, t2, temperature=temperature, ce=alpha != 0.0, q=True, compute=compute)
         y1 = y.reshape(-1)
         valid = y1 != ignore_index
         streams = (kernels.MQ, kernels.MP)
@@ -302,6 +321,7 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
     ) -> torch.Tensor:  # fmt: skip
         """The gradient kernel over all rows, with ``weight`` ``[N]`` (reduction, mask, grad_output)."""
         from backends import triton_kernels as kernels
+        from backends.triton_terms import params
 
         gradient = torch.empty(s2.shape, dtype=out_dtype, device=s2.device)
         if s2.shape[0] == 0:
@@ -310,7 +330,9 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
         self._launch(kernels.kd_gradient, (-(-s2.shape[0] // block_n),),
             s2, t2, torch.where(weight != 0, y1, 0).clamp(0, s2.shape[1] - 1), stats,
             weight.to(stats.dtype).contiguous(), gradient, s2.shape[0], s2.shape[1], s2.stride(0), t2.stride(0),
-            gradient.stride(0), 1.0 / temperature, float(temperature), float(alpha), float(1.0 - alpha),
+            gradient.stride(0),
+            params(torch, stats.dtype, s2.device, temperature=temperature, w_ce=alpha,
+                   w_div=(1.0 - alpha) * temperature**2),
             HAS_CE=alpha != 0.0, HAS_KL=alpha != 1.0, ACC=self._acc(torch, stats.dtype),
             BLOCK_N=block_n, BLOCK_V=block_v,
         )  # fmt: skip
@@ -395,7 +417,7 @@ class TritonBackend(TritonTopK, TritonFamily, TorchBackend):
         from backends import triton_kernels as kernels
 
         torch = self._torch()
-        stats = self._stats(torch, s, t, inv_temp=1.0 / temperature, ce=alpha != 0.0, q=True, compute=s.dtype)
+        stats = self._stats(torch, s, t, temperature=temperature, ce=alpha != 0.0, q=True, compute=s.dtype)
         if self._flagged(torch, stats, (kernels.MQ, kernels.MP)):
             self._check_values(torch, [("student_logits", s), ("teacher_logits", t)])
         valid = torch.ones(y.shape, dtype=torch.bool, device=s.device)

@@ -15,11 +15,11 @@ validates the values), the per-row value and score sum, and, for a gradient, one
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from backends.protocol import FAMILY_MEMBERS
 from backends.torch_family import KDCall, _own_dtype
+from backends.triton_terms import params, terms_of
 from reference import checks
 from reference.divergences import check_divergence
 
@@ -30,17 +30,11 @@ FAMILY_CAPABILITIES: frozenset[str] = frozenset(
 keywords ``divergence=``/``beta=``/``skew=`` and ``normalizer=`` (a top-k teacher is not ported here)."""
 
 
-def _mixture_logs(w: float | None) -> tuple[float, float, float]:
-    """``(w, log w, log(1 - w))`` for the kernels, ``-inf`` at the ends (0 for a member without parameter)."""
-    w = 0.0 if w is None else w
-    return w, (math.log(w) if w > 0.0 else -math.inf), (math.log1p(-w) if w < 1.0 else -math.inf)
-
-
 class TritonFamily:
     """The dense divergence family as Triton kernels (mixed into :class:`backends.triton_backend.TritonBackend`)."""
 
     family_terms: dict[str, Any] | None = None
-    """The element functions by member name; None: :data:`triton_family_kernels.TERMS` (a port may plant one)."""
+    """The element functions by member name; None: :data:`triton_terms.TERMS` (a port may plant one)."""
 
     def _divergence_rows(
         self, torch: Any, s2: Any, t2: Any, stats: Any, name: str, w: float | None, temperature: float
@@ -52,13 +46,14 @@ class TritonFamily:
         from backends import triton_family_kernels as kernels
         from backends import triton_kernels as core
 
-        terms = kernels.terms_of(name, w, self.family_terms)
+        terms = terms_of(name, w, self.family_terms)
         n, vocab = s2.shape
         rows = torch.empty((n, kernels.N_ROWS), dtype=stats.dtype, device=s2.device)
         if n:
             block_n, block_v = self._blocks(n, vocab)
             self._launch(kernels.divergence_rows, (-(-n // block_n),),
-                s2, t2, stats, rows, n, vocab, s2.stride(0), t2.stride(0), 1.0 / temperature, *_mixture_logs(w),
+                s2, t2, stats, rows, n, vocab, s2.stride(0), t2.stride(0),
+                params(torch, stats.dtype, s2.device, temperature=temperature, w=w),
                 TERMS=terms, ACC=self._acc(torch, stats.dtype), BLOCK_N=block_n, BLOCK_V=block_v,
             )  # fmt: skip
             if name == "forward_kl" or (name == "generalized_jsd" and w == 0.0):
@@ -93,7 +88,8 @@ class TritonFamily:
         block_n, block_v = self._blocks(n, vocab)
         self._launch(kernels.divergence_gradient, (-(-n // block_n),),
             s2, t2, y, stats, rows, stats if weight is None else weight, gradient, n, vocab, s2.stride(0),
-            t2.stride(0), gradient.stride(0), 1.0 / temperature, *_mixture_logs(w), float(w_ce), float(w_div),
+            t2.stride(0), gradient.stride(0),
+            params(torch, stats.dtype, s2.device, temperature=temperature, w_ce=w_ce, w_div=w_div, w=w),
             HAS_CE=ce is not None, HAS_DIV=w_div != 0.0, HAS_WEIGHT=weight is not None, TERMS=terms,
             ACC=self._acc(torch, stats.dtype), BLOCK_N=block_n, BLOCK_V=block_v,
         )  # fmt: skip
@@ -113,7 +109,7 @@ class TritonFamily:
         checks.check_shapes(tuple(s.shape), tuple(t.shape))
         compute, out = self._compute(torch, s, t)
         s2, t2 = self._rows(torch, s, compute), self._rows(torch, t, compute)
-        stats = self._stats(torch, s2, t2, inv_temp=1.0 / temperature, ce=False, q=True, compute=compute)
+        stats = self._stats(torch, s2, t2, temperature=temperature, ce=False, q=True, compute=compute)
         if self._flagged(torch, stats, (kernels.MQ, kernels.MP)):
             self._check_values(torch, [("student_logits", s), ("teacher_logits", t)])
         rows, terms = self._divergence_rows(torch, s2, t2, stats, divergence.name, w, temperature)
@@ -134,7 +130,7 @@ class TritonFamily:
         s2 = self._rows(torch, call.s, call.compute)
         t2 = self._rows(torch, call.teacher.to(call.s.device), call.compute) if w_div != 0.0 else None
         stats = self._stats(
-            torch, s2, t2, inv_temp=1.0 / temperature, ce=alpha != 0.0, q=t2 is not None, compute=call.compute
+            torch, s2, t2, temperature=temperature, ce=alpha != 0.0, q=t2 is not None, compute=call.compute
         )
         y1, valid = call.y.reshape(-1), call.valid.reshape(-1)
         per_row = torch.zeros(y1.shape, dtype=call.compute, device=s2.device)
@@ -159,6 +155,6 @@ class TritonFamily:
     @staticmethod
     def _any_terms() -> Any:
         """An element function for a launch whose divergence term is off (``HAS_DIV`` false: never called)."""
-        from backends import triton_family_kernels as kernels
+        from backends.triton_terms import forward_kl_terms
 
-        return kernels.forward_kl_terms
+        return forward_kl_terms

@@ -1,12 +1,9 @@
 """Triton kernels of the dense divergence family: a port of :mod:`reference.divergences` over row statistics.
 
-Each member is one ``@triton.jit`` element function ``terms(lq, lp, w, log_w, log_1mw) -> (value, score)``
-on a chunk of log-probabilities ``lq = log softmax(s/T)``, ``lp = log softmax(t/T)``: the entry's share of
-the row's value, and its score ``g_v = dD / d log q_v``. ``w`` is the member's parameter (``beta`` or
-``skew``; 0 when it takes none), ``log_w = log w`` and ``log_1mw = log(1 - w)``, ``-inf`` at the ends, so a
-mixture ``log(w x + (1 - w) y)`` is formed in log space (:func:`log_mix`) and is exactly ``log y`` at
-``w = 0`` and ``log x`` at ``w = 1``. The support rules are the reference's: ``x (log x - log y)`` is 0
-where ``x = 0`` (even where ``log y = -inf``), ``q * factor`` is 0 where ``q = 0``; no ``log(p + eps)``.
+Each member is one ``@triton.jit`` element function ``terms(lq, lp, W) -> (value, score)``
+(:mod:`backends.triton_terms`, shared with the top-k kernels) on a chunk of log-probabilities
+``lq = log softmax(s/T)``, ``lp = log softmax(t/T)``: the entry's share of the row's value, and its score
+``g_v = dD / d log q_v``. Scalars come in ``PARAMS`` (:data:`backends.triton_terms.PARAM_NAMES`).
 
 The element function is a constexpr argument (``TERMS``) of two kernels, so the same kernels serve every
 member and a port can plant a broken member (tests/ports/bug_triton_jsd_unshifted_mixture.py):
@@ -27,123 +24,11 @@ import triton
 import triton.language as tl
 
 from backends.triton_kernels import ce_gradient
+from backends.triton_terms import INV_TEMP, W_BLOCK, W_CE, W_DIV
 
 N_ROWS = 2
 VALUE, SCORE_SUM = range(N_ROWS)
 """Layout of the ``[N, 2]`` output of :func:`divergence_rows`."""
-
-# --------------------------------------------------------------------------------------------------------
-# Log-space building blocks.
-# --------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def log_mix(log_w, log_1mw, lx, ly):
-    """``log(w x + (1 - w) y)`` from ``log_w = log w``, ``log_1mw = log(1 - w)`` (shifted by the larger side);
-    ``-inf`` where both sides are 0, exactly ``ly`` at ``w = 0`` and ``lx`` at ``w = 1``."""
-    a = lx + log_w
-    b = ly + log_1mw
-    top = tl.maximum(a, b)
-    shift = tl.where(top == -float("inf"), 0.0, top)
-    return top + tl.log(tl.exp(a - shift) + tl.exp(b - shift))
-
-
-@triton.jit
-def kl_term(lx, ly):
-    """``x (log x - log y)``, 0 where ``x = 0`` (off the support of x, even where ``log y = -inf``)."""
-    support = lx != -float("inf")
-    return tl.where(support, tl.exp(lx) * (lx - tl.where(support, ly, 0.0)), 0.0)
-
-
-@triton.jit
-def times_q(lq, factor):
-    """``q * factor``, exactly 0 where ``q = 0`` (even where ``factor`` is infinite)."""
-    return tl.where(lq != -float("inf"), tl.exp(lq) * factor, 0.0)
-
-
-# --------------------------------------------------------------------------------------------------------
-# The members: (value term, score term) per entry.
-# --------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def forward_kl_terms(lq, lp, w, log_w, log_1mw):
-    """``KL(P || Q)``: ``p (log p - log q)``; score ``-p``."""
-    return kl_term(lp, lq), -tl.exp(lp)
-
-
-@triton.jit
-def reverse_kl_terms(lq, lp, w, log_w, log_1mw):
-    """``KL(Q || P)``: ``q (log q - log p)``; score the same (``q (log q - log p + 1)``, the +1 cancels)."""
-    term = kl_term(lq, lp)
-    return term, term
-
-
-@triton.jit
-def generalized_jsd_terms(lq, lp, w, log_w, log_1mw):
-    """The interior ``0 < beta < 1``: ``beta KL(P || M) + (1 - beta) KL(Q || M)``, ``M = beta P + (1 - beta) Q``;
-    score ``(1 - beta) q (log q - log m)``. The endpoints are the KL branches (:func:`terms_of`)."""
-    lm = log_mix(log_w, log_1mw, lp, lq)
-    value = w * kl_term(lp, lm) + (1.0 - w) * kl_term(lq, lm)
-    return value, (1.0 - w) * times_q(lq, lq - lm)
-
-
-@triton.jit
-def interpolated_kl_terms(lq, lp, w, log_w, log_1mw):
-    """``(1 - beta) KL(P || Q) + beta KL(Q || P)``; a weight of exactly 0 drops its side (even an infinite one)."""
-    forward = kl_term(lp, lq)
-    reverse = kl_term(lq, lp)
-    value = tl.where(w == 1.0, 0.0, (1.0 - w) * forward) + tl.where(w == 0.0, 0.0, w * reverse)
-    score = tl.where(w == 1.0, 0.0, -(1.0 - w) * tl.exp(lp)) + tl.where(w == 0.0, 0.0, w * reverse)
-    return value, score
-
-
-@triton.jit
-def skew_kl_terms(lq, lp, w, log_w, log_1mw):
-    """``KL(P || M)``, ``M = skew P + (1 - skew) Q``; score ``-(1 - skew) p q / m`` where ``p q > 0``, else 0."""
-    lm = log_mix(log_w, log_1mw, lp, lq)
-    both = (lp != -float("inf")) & (lq != -float("inf"))
-    score = tl.where(both, -(1.0 - w) * tl.exp(lp + lq - tl.where(both, lm, 0.0)), 0.0)
-    return kl_term(lp, lm), score
-
-
-@triton.jit
-def skew_reverse_kl_terms(lq, lp, w, log_w, log_1mw):
-    """``KL(Q || M)``, ``M = skew Q + (1 - skew) P``; score ``q (log q - log m - skew q / m)``."""
-    lm = log_mix(log_w, log_1mw, lq, lp)
-    share = tl.exp(log_w + lq - lm)  # skew q / m <= 1: never overflows; 0 at skew = 0
-    return kl_term(lq, lm), times_q(lq, lq - lm - share)
-
-
-@triton.jit
-def total_variation_terms(lq, lp, w, log_w, log_1mw):
-    """``|p - q| / 2``; score ``q sign(q - p) / 2`` with ``sign(0) = 0`` (the reference's subgradient at ties)."""
-    q = tl.exp(lq)
-    p = tl.exp(lp)
-    sign = tl.where(q > p, 1.0, tl.where(q < p, -1.0, 0.0))
-    return 0.5 * tl.abs(p - q), 0.5 * q * sign
-
-
-TERMS = {
-    "forward_kl": forward_kl_terms,
-    "reverse_kl": reverse_kl_terms,
-    "generalized_jsd": generalized_jsd_terms,
-    "interpolated_kl": interpolated_kl_terms,
-    "skew_kl": skew_kl_terms,
-    "skew_reverse_kl": skew_reverse_kl_terms,
-    "total_variation": total_variation_terms,
-}
-"""The element function of each member of :data:`reference.divergences.DIVERGENCES`, by name."""
-
-
-def terms_of(name: str, w: float | None, table: dict | None = None) -> object:
-    """The element function for ``name`` at parameter ``w``: the generalized JSD's endpoints are the KL
-    branches (``beta = 0`` forward, ``beta = 1`` reverse), not the interior formula's limits."""
-    table = TERMS if table is None else table
-    if name == "generalized_jsd" and w in (0.0, 1.0):
-        return table["forward_kl" if w == 0.0 else "reverse_kl"]
-    return table[name]
-
 
 # --------------------------------------------------------------------------------------------------------
 # Kernels.
@@ -172,16 +57,14 @@ def divergence_rows(
     vocab,
     stride_s,
     stride_t,
-    inv_temp,
-    w,
-    log_w,
-    log_1mw,
+    PARAMS,
     TERMS: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     """``OUT[i] = (sum_v value_v, sum_v g_v)`` for each row, from ``STATS`` of :func:`row_stats`."""
+    inv_temp = tl.load(PARAMS + INV_TEMP).to(ACC)
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -197,7 +80,7 @@ def divergence_rows(
         mask = row_ok[:, None] & (cols[None, :] < vocab)
         lq = _log_softmax(_load(S, rows, cols, mask, stride_s, ACC), inv_temp, mq, lseq)
         lp = _log_softmax(_load(T, rows, cols, mask, stride_t, ACC), inv_temp, mp, lsep)
-        v, g = TERMS(lq, lp, w, log_w, log_1mw)
+        v, g = TERMS(lq, lp, PARAMS + W_BLOCK)
         value += tl.sum(tl.where(mask, v, 0.0), axis=1)
         score += tl.sum(tl.where(mask, g, 0.0), axis=1)
     tl.store(OUT + rows * 2, value, mask=row_ok)
@@ -218,12 +101,7 @@ def divergence_gradient(
     stride_s,
     stride_t,
     stride_o,
-    inv_temp,
-    w,
-    log_w,
-    log_1mw,
-    w_ce,
-    w_div,
+    PARAMS,
     HAS_CE: tl.constexpr,
     HAS_DIV: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -237,6 +115,9 @@ def divergence_gradient(
     ``ROWS`` holds :func:`divergence_rows`' output (``sum g`` per row); ``WEIGHT`` ``[N]`` (when
     ``HAS_WEIGHT``) the reduction, the mask and autograd's ``grad_output``; ``Y`` in-range labels.
     """
+    inv_temp = tl.load(PARAMS + INV_TEMP).to(ACC)
+    w_ce = tl.load(PARAMS + W_CE).to(ACC)
+    w_div = tl.load(PARAMS + W_DIV).to(ACC)
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -264,7 +145,7 @@ def divergence_gradient(
         if HAS_DIV:
             lq = _log_softmax(s, inv_temp, mq, lseq)
             lp = _log_softmax(_load(T, rows, cols, mask, stride_t, ACC), inv_temp, mp, lsep)
-            _, g = TERMS(lq, lp, w, log_w, log_1mw)
+            _, g = TERMS(lq, lp, PARAMS + W_BLOCK)
             out += (w_div * inv_temp) * (g - tl.exp(lq) * score_sum[:, None])
         out = tl.where(weight[:, None] == 0.0, 0.0, out * weight[:, None])
         tl.store(OUT + rows[:, None] * stride_o + cols[None, :], out.to(OUT.dtype.element_ty), mask=mask)

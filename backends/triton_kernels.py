@@ -67,7 +67,7 @@ def row_stats(
     vocab,
     stride_s,
     stride_t,
-    inv_temp,
+    PARAMS,
     HAS_CE: tl.constexpr,
     HAS_Q: tl.constexpr,
     HAS_P: tl.constexpr,
@@ -76,7 +76,9 @@ def row_stats(
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    """Row statistics (see the module docstring) of ``S`` (and ``T`` when ``HAS_P``) into ``STATS``."""
+    """Row statistics (see the module docstring) of ``S`` (and ``T`` when ``HAS_P``) into ``STATS``; ``1 / T`` is
+    ``PARAMS[0]`` (:data:`backends.triton_terms.PARAM_NAMES`)."""
+    inv_temp = tl.load(PARAMS).to(ACC)
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -129,13 +131,15 @@ def softmax_out(
     vocab,
     stride_z,
     stride_o,
-    inv_temp,
+    PARAMS,
     LOG: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    """``OUT = (log_)softmax(Z * inv_temp)`` from the q statistics (``mq``, ``lseq``) in ``STATS``."""
+    """``OUT = (log_)softmax(Z / T)`` from the q statistics (``mq``, ``lseq``) in ``STATS``; ``1 / T`` is
+    ``PARAMS[0]``."""
+    inv_temp = tl.load(PARAMS).to(ACC)
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -163,21 +167,22 @@ def kd_gradient(
     stride_s,
     stride_t,
     stride_o,
-    inv_temp,
-    temperature,
-    w_ce,
-    w_kl,
+    PARAMS,
     HAS_CE: tl.constexpr,
     HAS_KL: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    """``OUT = WEIGHT_row * (w_ce (softmax(s) - onehot(y)) + w_kl T (softmax(s/T) - softmax(t/T)))``.
+    """``OUT = WEIGHT_row * (w_ce (softmax(s) - onehot(y)) + (w_div / T) (softmax(s/T) - softmax(t/T)))``.
 
     ``WEIGHT`` ``[N]`` carries the reduction (``1/#valid`` for mean), the mask (0 on ignored rows) and
-    autograd's ``grad_output``; ``Y`` holds in-range labels (ignored rows mapped to any column).
+    autograd's ``grad_output``; ``Y`` holds in-range labels (ignored rows mapped to any column). ``PARAMS``
+    holds ``1 / T``, ``w_ce = alpha`` and ``w_div = (1 - alpha) T^2`` (:data:`backends.triton_terms.PARAM_NAMES`).
     """
+    inv_temp = tl.load(PARAMS).to(ACC)
+    w_ce = tl.load(PARAMS + 1).to(ACC)
+    w_div = tl.load(PARAMS + 2).to(ACC)
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -201,6 +206,6 @@ def kd_gradient(
             t = tl.load(T + rows[:, None] * stride_t + cols[None, :], mask=mask, other=0.0).to(ACC)
             q = tl.exp((s * inv_temp - mq[:, None]) - lseq[:, None])
             p = tl.exp((t * inv_temp - mp[:, None]) - lsep[:, None])
-            g += (w_kl * temperature) * (q - p)
+            g += (w_div * inv_temp) * (q - p)
         g = g * weight[:, None]
         tl.store(OUT + rows[:, None] * stride_o + cols[None, :], g.to(OUT.dtype.element_ty), mask=mask)

@@ -24,24 +24,6 @@ CAPABILITIES: frozenset[str] = frozenset({"topk_divergence", "topk_divergence_gr
 """What :class:`TritonTopK` adds to a backend's capabilities."""
 
 
-def _terms(name: str, w: float | None) -> tuple[Any, float]:
-    """The kernel's ``TERMS`` function of member ``name`` at parameter ``w``, and the parameter to pass (the
-    generalized JSD's endpoints are forward and reverse KL, as in the reference)."""
-    from backends import triton_topk_kernels as kernels
-
-    if name == "generalized_jsd" and w in (0.0, 1.0):
-        name = "forward_kl" if w == 0.0 else "reverse_kl"
-    table = {
-        "forward_kl": kernels.forward_kl_terms,
-        "reverse_kl": kernels.reverse_kl_terms,
-        "generalized_jsd": kernels.generalized_jsd_terms,
-    }
-    return table[name], 0.5 if w is None or name != "generalized_jsd" else float(w)
-
-
-assert set(TOPK_DIVERGENCE_NAMES) <= {"forward_kl", "reverse_kl", "generalized_jsd"}, "a top-k member has no kernel"
-
-
 def teacher_buckets(torch: Any, lp: Any, mode: str, temperature: float, has_tail: bool) -> Any:
     """The teacher's log-probabilities over the buckets, float64 ``[N, K + 1]`` from ``[N, K]`` log-probs: the K
     ids, then the tail (``-inf`` when there is no tail bucket), as :func:`reference.topk._teacher_buckets`."""
@@ -94,6 +76,7 @@ class TritonTopK:
 
         from backends import triton_kernels as core
         from backends import triton_topk_kernels as kernels
+        from backends.triton_terms import params, terms_of
 
         rows = self._rows(torch, s, compute)  # type: ignore[attr-defined]
         n, vocab = rows.shape
@@ -101,10 +84,9 @@ class TritonTopK:
         has_tail = mode == "tail" and k < vocab
         ix = ids.reshape(-1, k).to(torch.int64).contiguous()
         logp = teacher_buckets(torch, lp.reshape(-1, k), mode, temperature, has_tail).to(compute).contiguous()
-        terms, beta = _terms(name, w)
+        terms = terms_of(name, w)
         w_ce = 0.0 if ce is None else ce[3]
-        params = [1.0 / temperature, w_ce, w_div, beta, 1.0 - beta, math.log(beta), math.log1p(-beta)]
-        params_t = torch.tensor(params, dtype=compute, device=rows.device)
+        params_t = params(torch, compute, rows.device, temperature=temperature, w_ce=w_ce, w_div=w_div, w=w)
         value = torch.empty(n, dtype=compute, device=rows.device)
         ce_out = torch.empty(n, dtype=compute, device=rows.device) if ce is not None else value
         out = torch.empty(rows.shape, dtype=gradient, device=rows.device) if gradient is not None else value

@@ -13,8 +13,9 @@ columns with the online log-sum-exp (:func:`backends.triton_kernels.online_lse_s
 The bucket stage then reads the K ids (``BLOCK_K``, the next power of 2 of K, padded with empty buckets), the
 student's logits at them and the teacher's bucket log-probabilities (``LOGP`` ``[N, K + 1]``, last column the
 teacher's tail: formed by the caller in float64 on ``[N, K]``), and evaluates the member's terms
-(``TERMS``: one of the ``*_terms`` functions below) over the K (+ 1) buckets: the value ``D`` per row, and the
-scores ``g_b = dD / d log Q_b``. The second pass (``GRADIENT``) writes the gradient once:
+(``TERMS``: an element function of :mod:`backends.triton_terms`, shared with the dense family) over the
+K (+ 1) buckets: the value ``D`` per row, and the scores ``g_b = dD / d log Q_b``. The second pass
+(``GRADIENT``) writes the gradient once:
 
 ``OUT = weight_row (w_ce (softmax(s) - onehot(y)) + w_div dD/ds)``, with ``dD/ds_v = (g_{k(v)} - q_v sum_b g_b +
 [v not in ids] (q_v / Q_tail) g_tail) / T`` (the ``g_{k(v)}`` term only at the ids), and in ``renormalize``
@@ -24,8 +25,8 @@ member ``topk_divergence_gradient``; ``w_ce = alpha, w_div = (1 - alpha) T^2`` i
 Dtypes: ``S`` is loaded as stored (float64, float32 or bfloat16) and everything is accumulated in ``ACC``
 (float64 for float64 inputs, float32 otherwise). Scalars that need the accumulation dtype's precision (the
 temperature, the loss weights, the member's parameter and its logarithms) come in ``PARAMS`` (a tensor of
-``ACC``, layout :data:`PARAM_LAYOUT`): Triton passes Python floats as float32, which would round
-``beta = 1 - 1e-12`` to 1.
+``ACC``, layout :data:`backends.triton_terms.PARAM_NAMES`): compiled Triton passes Python floats as float32,
+which would round ``beta = 1 - 1e-12`` to 1.
 
 The student's tail (``TAIL_Q``, :func:`student_tail`) and the online step (``UPDATE``) are kernel parameters, so
 that a port can plant a broken one without a copy of the kernel (tests/ports/bug_triton_topk_tail_cancels.py).
@@ -37,53 +38,7 @@ import triton
 import triton.language as tl
 
 from backends.triton_kernels import ce_gradient
-
-PARAM_LAYOUT = ("inv_temp", "w_ce", "w_div", "beta", "one_minus_beta", "log_beta", "log_one_minus_beta")
-"""``PARAMS`` layout (the kernels index it by position). The member's parameter block starts at index 3:
-``(beta, 1 - beta, log beta, log(1 - beta))``, each formed in float64 on the host."""
-
-
-# --------------------------------------------------------------------------------------------------------
-# The members over buckets: (value terms, score terms) of log-probability tiles ``lq`` (student), ``lp``
-# (teacher); ``w`` points at the parameter block (``PARAMS[3:]``). Same rules as reference.divergences:
-# KL(X || Y) sums over the support of X only (0 where x = 0, +inf where x > 0 = y).
-# --------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _kl_terms(lx, ly):
-    """``x (log x - log y)`` on the support of ``x``, 0 elsewhere."""
-    return tl.where(lx != -float("inf"), tl.exp(lx) * (lx - ly), 0.0)
-
-
-@triton.jit
-def forward_kl_terms(lq, lp, w):
-    """``KL(P || Q)``: terms ``p (log p - log q)``, score ``-p``."""
-    return _kl_terms(lp, lq), -tl.exp(lp)
-
-
-@triton.jit
-def reverse_kl_terms(lq, lp, w):
-    """``KL(Q || P)``: terms ``q (log q - log p)``; the score ``q (log q - log p + 1)`` without the ``+1``,
-    which cancels in the chain rule, is the same tile."""
-    terms = _kl_terms(lq, lp)
-    return terms, terms
-
-
-@triton.jit
-def generalized_jsd_terms(lq, lp, w):
-    """``beta KL(P || M) + (1 - beta) KL(Q || M)``, ``M = beta P + (1 - beta) Q`` (interior ``beta``; the
-    endpoints are forward and reverse KL, chosen by the caller); score ``(1 - beta) q (log q - log m)``."""
-    beta = tl.load(w)
-    one_minus_beta = tl.load(w + 1)
-    a = lp + tl.load(w + 2)
-    b = lq + tl.load(w + 3)
-    top = tl.maximum(a, b)
-    safe = tl.where(top == -float("inf"), 0.0, top)
-    lm = tl.where(top == -float("inf"), -float("inf"), safe + tl.log(tl.exp(a - safe) + tl.exp(b - safe)))
-    kl_q = _kl_terms(lq, lm)
-    return beta * _kl_terms(lp, lm) + one_minus_beta * kl_q, one_minus_beta * kl_q
-
+from backends.triton_terms import INV_TEMP, W_BLOCK, W_CE, W_DIV
 
 # --------------------------------------------------------------------------------------------------------
 # Helpers.
@@ -157,7 +112,7 @@ def topk_rows(
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
-    inv_temp = tl.load(PARAMS + 0)
+    inv_temp = tl.load(PARAMS + INV_TEMP)
     neg_inf = tl.full((BLOCK_N,), -float("inf"), ACC)
     zeros = tl.zeros((BLOCK_N,), ACC)
     none = tl.zeros((BLOCK_K,), ACC)  # a tile with no ids: the first pass does not need them
@@ -190,7 +145,7 @@ def topk_rows(
         zq = tl.sum(tl.where(kmask, tl.exp(x_k - mq[:, None]), 0.0), axis=1)
     lzq = tl.log(zq)
     lq_k = (x_k - mq[:, None]) - lzq[:, None]  # shift, then normalize: no rounding of |max| into log z
-    value_terms, g = TERMS(lq_k, lp_k, PARAMS + 3)
+    value_terms, g = TERMS(lq_k, lp_k, PARAMS + W_BLOCK)
     value = tl.sum(tl.where(kmask, value_terms, 0.0), axis=1)
     g = tl.where(kmask, g, 0.0)
     sum_g = tl.sum(g, axis=1)
@@ -199,7 +154,7 @@ def topk_rows(
     if TAIL:
         lq_t = TAIL_Q(mt, zt, mq, lzq, lq_k, kmask)
         lp_t = tl.load(LOGP + rows * (k + 1) + k, mask=row_ok, other=-float("inf")).to(ACC)
-        value_t, g_t = TERMS(lq_t, lp_t, PARAMS + 3)
+        value_t, g_t = TERMS(lq_t, lp_t, PARAMS + W_BLOCK)
         value += value_t
         sum_g += g_t
     tl.store(VALUE + rows, value, mask=row_ok)
@@ -215,8 +170,8 @@ def topk_rows(
     if GRADIENT:
         if RENORMALIZE:
             g = g - tl.exp(lq_k) * sum_g[:, None]  # dD/dx at the ids: the projection of softmax over K
-        w_ce = tl.load(PARAMS + 1)
-        w_div = tl.load(PARAMS + 2)
+        w_ce = tl.load(PARAMS + W_CE)
+        w_div = tl.load(PARAMS + W_DIV)
         weight = tl.full((BLOCK_N,), 1.0, ACC)
         valid = row_ok
         if HAS_WEIGHT:

@@ -19,8 +19,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import numpy as np
 import torch
 
+from backends.triton_interpreter import wrap_float_arguments
 from reference import kd
-from tests.peers.interpreter_floats import wrap_float_arguments
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     wrap_float_arguments()  # Liger's KL kernel calls .to() on a float argument, which the interpreter passes raw

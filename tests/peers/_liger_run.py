@@ -1,7 +1,7 @@
 """Run Liger's LigerJSD and LigerKLDIVLoss under the Triton interpreter on CPU tensors; print JSON results.
 
 Run as a subprocess by test_liger.py with TRITON_INTERPRET=1 (the variable must be set before triton is
-imported). Python float kernel arguments are wrapped as float32 scalars (:mod:`tests.peers.interpreter_floats`),
+imported). Python float kernel arguments are wrapped as float32 scalars (:mod:`backends.triton_interpreter`),
 as compiled Triton passes them, without touching Liger's code.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.peers.interpreter_floats import wrap_float_arguments
+from backends.triton_interpreter import wrap_float_arguments
 
 wrap_float_arguments()
 

@@ -15,15 +15,16 @@ import triton
 import triton.language as tl
 
 from backends.triton_backend import TritonBackend
-from backends.triton_family_kernels import TERMS, kl_term, times_q
+from backends.triton_terms import TERMS, kl_term, parameter, times_q
 
 
 @triton.jit
-def generalized_jsd_terms_unshifted(lq, lp, w, log_w, log_1mw):
+def generalized_jsd_terms_unshifted(lq, lp, W):
     """The broken interior: the mixture from ``exp`` of the log-probabilities, then ``log``."""
-    lm = tl.log(w * tl.exp(lp) + (1.0 - w) * tl.exp(lq))
-    value = w * kl_term(lp, lm) + (1.0 - w) * kl_term(lq, lm)
-    return value, (1.0 - w) * times_q(lq, lq - lm)
+    w, one_minus_w, _, _ = parameter(W)
+    lm = tl.log(w * tl.exp(lp) + one_minus_w * tl.exp(lq))
+    value = w * kl_term(lp, lm) + one_minus_w * kl_term(lq, lm)
+    return value, one_minus_w * times_q(lq, lq - lm)
 
 
 class TritonJSDUnshiftedMixture(TritonBackend):
