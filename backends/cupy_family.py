@@ -200,33 +200,10 @@ class CupyFamily(FamilyMembers):
         s_out = self._family_dtypes(s)[1]
         return value.reshape(s.shape[:-1]).astype(out), gradient.reshape(s.shape).astype(s_out)
 
-    def topk_divergence(
-        self,
-        student_logits: Any,
-        teacher_topk_logprobs: Any,
-        teacher_topk_ids: Any,
-        *,
-        mode: str = "tail",
-        divergence: str = "forward_kl",
-        beta: float | None = None,
-        temperature: float = 1.0,
+    def _topk_member(
+        self, gradient: bool, s: Any, logprobs: Any, ids: Any, mode: Any, divergence: Any, beta: Any, temperature: Any
     ) -> Any:
-        args = (student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature)
-        return self._family_topk(*args)[0]
-
-    def topk_divergence_gradient(
-        self,
-        student_logits: Any,
-        teacher_topk_logprobs: Any,
-        teacher_topk_ids: Any,
-        *,
-        mode: str = "tail",
-        divergence: str = "forward_kl",
-        beta: float | None = None,
-        temperature: float = 1.0,
-    ) -> Any:
-        args = (student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature)
-        return self._family_topk(*args)[1]
+        return self._family_topk(s, logprobs, ids, mode, divergence, beta, temperature)[1 if gradient else 0]
 
     # ---- kd_loss over the family -----------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The public members of the divergence family, written once for every backend that implements them.
 
-Each member is one line over ``self._family_dense(name, gradient, student_logits, teacher_logits, temperature,
-**parameter)``, which a backend provides (``backends/torch_family.py``, ``backends/cupy_family.py``): the
-names, keyword arguments and semantics are those of :mod:`reference.kd` and its table
-(:mod:`reference.divergences`).
+Each member is one line over a hook the backend provides (``backends/torch_family.py``,
+``backends/cupy_family.py``, and the Triton mixins): ``self._family_dense(name, gradient, student_logits,
+teacher_logits, temperature, **parameter)`` for the dense members, ``self._topk_member(gradient,
+student_logits, logprobs, ids, mode, divergence, beta, temperature)`` for a top-k teacher. The names, keyword
+arguments and semantics are those of :mod:`reference.kd` and its table (:mod:`reference.divergences`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,43 @@ class FamilyMembers:
 
     def _family_dense(self, name: str, gradient: bool, s: Any, t: Any, temperature: Any, **param: Any) -> Any:
         raise NotImplementedError  # pragma: no cover - provided by the backend
+
+    def _topk_member(
+        self, gradient: bool, s: Any, logprobs: Any, ids: Any, mode: Any, divergence: Any, beta: Any, temperature: Any
+    ) -> Any:
+        raise NotImplementedError  # pragma: no cover - provided by the backend
+
+    def topk_divergence(
+        self,
+        student_logits: Any,
+        teacher_topk_logprobs: Any,
+        teacher_topk_ids: Any,
+        *,
+        mode: str = "tail",
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        temperature: float = 1.0,
+    ) -> Any:
+        """:func:`reference.topk.topk_divergence` per row, in the output dtype."""
+        return self._topk_member(
+            False, student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature
+        )
+
+    def topk_divergence_gradient(
+        self,
+        student_logits: Any,
+        teacher_topk_logprobs: Any,
+        teacher_topk_ids: Any,
+        *,
+        mode: str = "tail",
+        divergence: str = "forward_kl",
+        beta: float | None = None,
+        temperature: float = 1.0,
+    ) -> Any:
+        """:func:`reference.topk.topk_divergence_gradient`, in the student's dtype."""
+        return self._topk_member(
+            True, student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature
+        )
 
     def kl_divergence_gradient(self, student_logits: Any, teacher_logits: Any, *, temperature: float = 1.0) -> Any:
         return self._family_dense("forward_kl", True, student_logits, teacher_logits, temperature)

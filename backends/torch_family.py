@@ -200,37 +200,11 @@ class TorchFamily(FamilyMembers):
         value, gradient = self._topk(s.to(compute), lp.to(compute), ix, mode, member.name, w, temperature)
         return value, gradient.to(_own_dtype(torch, s.dtype)), out, s.dtype
 
-    def topk_divergence(
-        self,
-        student_logits: Any,
-        teacher_topk_logprobs: Any,
-        teacher_topk_ids: Any,
-        *,
-        mode: str = "tail",
-        divergence: str = "forward_kl",
-        beta: float | None = None,
-        temperature: float = 1.0,
+    def _topk_member(
+        self, gradient: bool, s: Any, logprobs: Any, ids: Any, mode: Any, divergence: Any, beta: Any, temperature: Any
     ) -> Any:
-        value, _, out, _ = self._topk_call(
-            student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature
-        )
-        return value.to(out)
-
-    def topk_divergence_gradient(
-        self,
-        student_logits: Any,
-        teacher_topk_logprobs: Any,
-        teacher_topk_ids: Any,
-        *,
-        mode: str = "tail",
-        divergence: str = "forward_kl",
-        beta: float | None = None,
-        temperature: float = 1.0,
-    ) -> Any:
-        _, gradient, _, _ = self._topk_call(
-            student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature
-        )
-        return gradient
+        value, grad, out, _ = self._topk_call(s, logprobs, ids, mode, divergence, beta, temperature)
+        return grad if gradient else value.to(out)
 
     # ---- kd_loss over the family -----------------------------------------------------------------------
 

@@ -140,38 +140,6 @@ class TritonTopK:
         )
         return gradient if want_gradient else value.reshape(s.shape[:-1]).to(out)
 
-    def topk_divergence(
-        self,
-        student_logits: Any,
-        teacher_topk_logprobs: Any,
-        teacher_topk_ids: Any,
-        *,
-        mode: str = "tail",
-        divergence: str = "forward_kl",
-        beta: float | None = None,
-        temperature: float = 1.0,
-    ) -> Any:
-        """:func:`reference.topk.topk_divergence` per row, in the output dtype."""
-        return self._topk_member(
-            False, student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature
-        )
-
-    def topk_divergence_gradient(
-        self,
-        student_logits: Any,
-        teacher_topk_logprobs: Any,
-        teacher_topk_ids: Any,
-        *,
-        mode: str = "tail",
-        divergence: str = "forward_kl",
-        beta: float | None = None,
-        temperature: float = 1.0,
-    ) -> Any:
-        """:func:`reference.topk.topk_divergence_gradient`, in the student's dtype."""
-        return self._topk_member(
-            True, student_logits, teacher_topk_logprobs, teacher_topk_ids, mode, divergence, beta, temperature
-        )
-
     # ---- kd_loss -----------------------------------------------------------------------------------------
 
     def _kd_rows_topk(self, call: Any, want_gradient: bool) -> tuple[Any, Any]:
