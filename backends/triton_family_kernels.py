@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from backends.triton_kernels import ce_gradient
+from backends.triton_kernels import ce_gradient, load_stats
 from backends.triton_terms import INV_TEMP, W_BLOCK, W_CE, W_DIV
 
 N_ROWS = 2
@@ -68,11 +68,7 @@ def divergence_rows(
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
-    base = STATS + rows * 8
-    mq = tl.load(base + 2, mask=row_ok, other=0.0).to(ACC)
-    lseq = tl.load(base + 3, mask=row_ok, other=0.0).to(ACC)
-    mp = tl.load(base + 4, mask=row_ok, other=0.0).to(ACC)
-    lsep = tl.load(base + 5, mask=row_ok, other=0.0).to(ACC)
+    _, _, mq, lseq, mp, lsep = load_stats(STATS, rows, row_ok, ACC)
     value = tl.zeros((BLOCK_N,), ACC)
     score = tl.zeros((BLOCK_N,), ACC)
     for v0 in range(0, vocab, BLOCK_V):
@@ -121,13 +117,7 @@ def divergence_gradient(
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
-    base = STATS + rows * 8
-    m1 = tl.load(base + 0, mask=row_ok, other=0.0).to(ACC)
-    lse1 = tl.load(base + 1, mask=row_ok, other=0.0).to(ACC)
-    mq = tl.load(base + 2, mask=row_ok, other=0.0).to(ACC)
-    lseq = tl.load(base + 3, mask=row_ok, other=0.0).to(ACC)
-    mp = tl.load(base + 4, mask=row_ok, other=0.0).to(ACC)
-    lsep = tl.load(base + 5, mask=row_ok, other=0.0).to(ACC)
+    m1, lse1, mq, lseq, mp, lsep = load_stats(STATS, rows, row_ok, ACC)
     score_sum = tl.load(ROWS + rows * 2 + 1, mask=row_ok, other=0.0).to(ACC)
     if HAS_WEIGHT:
         weight = tl.load(WEIGHT + rows, mask=row_ok, other=0.0).to(ACC)

@@ -45,6 +45,19 @@ def online_lse_step(m, z, x):
 
 
 @triton.jit
+def load_stats(STATS, rows, row_ok, ACC: tl.constexpr):
+    """The softmax statistics of :func:`row_stats` for ``rows``: ``(m1, lse1, mq, lseq, mp, lsep)`` in ``ACC``."""
+    base = STATS + rows * 8  # the layout of N_STATS, M1, ... (literals: a kernel may read only constexpr globals)
+    m1 = tl.load(base + 0, mask=row_ok, other=0.0).to(ACC)
+    lse1 = tl.load(base + 1, mask=row_ok, other=0.0).to(ACC)
+    mq = tl.load(base + 2, mask=row_ok, other=0.0).to(ACC)
+    lseq = tl.load(base + 3, mask=row_ok, other=0.0).to(ACC)
+    mp = tl.load(base + 4, mask=row_ok, other=0.0).to(ACC)
+    lsep = tl.load(base + 5, mask=row_ok, other=0.0).to(ACC)
+    return m1, lse1, mq, lseq, mp, lsep
+
+
+@triton.jit
 def ce_gradient(s, cols, m1, lse1, y):
     """``softmax(s) - onehot(y)`` on one chunk ``s`` ``[BLOCK_N, BLOCK_V]`` at columns ``cols``, from the CE
     statistics ``(m1, lse1)`` of :func:`row_stats`; shared by every gradient kernel with a CE term."""
@@ -186,13 +199,7 @@ def kd_gradient(
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
-    base = STATS + rows * 8
-    m1 = tl.load(base + 0, mask=row_ok, other=0.0).to(ACC)
-    lse1 = tl.load(base + 1, mask=row_ok, other=0.0).to(ACC)
-    mq = tl.load(base + 2, mask=row_ok, other=0.0).to(ACC)
-    lseq = tl.load(base + 3, mask=row_ok, other=0.0).to(ACC)
-    mp = tl.load(base + 4, mask=row_ok, other=0.0).to(ACC)
-    lsep = tl.load(base + 5, mask=row_ok, other=0.0).to(ACC)
+    m1, lse1, mq, lseq, mp, lsep = load_stats(STATS, rows, row_ok, ACC)
     weight = tl.load(WEIGHT + rows, mask=row_ok, other=0.0).to(ACC)
     y = tl.load(Y + rows, mask=row_ok, other=0)
     for v0 in range(0, vocab, BLOCK_V):

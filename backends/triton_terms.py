@@ -27,7 +27,8 @@ import triton.language as tl
 PARAM_NAMES = ("inv_temp", "w_ce", "w_div", "w", "one_minus_w", "log_w", "log_one_minus_w")
 """The ``PARAMS`` layout: ``1 / T``; the weights of the CE and divergence terms of a gradient (``(0, 1)`` for a
 bare member, ``(alpha, (1 - alpha) T^2)`` in ``kd_loss``); the member's parameter block."""
-INV_TEMP, W_CE, W_DIV, W_BLOCK = 0, 1, 2, 3
+INV_TEMP, W_CE, W_DIV, W_BLOCK = (tl.constexpr(i) for i in range(4))
+"""Positions in ``PARAMS``, as ``tl.constexpr``: compiled Triton refuses any other global inside a kernel."""
 
 
 def params(torch: Any, dtype: Any, device: Any, *, temperature: float, w_ce: float = 0.0, w_div: float = 0.0,
