@@ -211,11 +211,13 @@ def pipeline(
 
 
 @functools.cache
-def _kill_rank(parallel: str, world_size: int, victim: int, how: str, timeout_s: float) -> dict:
+def _kill_rank(parallel: str, world_size: int, victim: int, how: str, timeout_s: float, data_parallel: str) -> dict:
     from distill.distributed.launch import LocalRun
 
     args = ["--parallel", parallel, "--device", "cpu", "--steps", "1000000", "--batch-size", "8"]
     args += ["--timeout", f"{timeout_s:g}"]
+    if parallel == "data":
+        args += ["--data-parallel", data_parallel]
     if parallel == "pipeline":
         args += ["--microbatch-size", "2"]
     logger = world_size - 1 if parallel == "pipeline" else 0
@@ -257,17 +259,23 @@ def _kill_rank(parallel: str, world_size: int, victim: int, how: str, timeout_s:
 
 
 def kill_rank(
-    parallel: str, world_size: int, victim: int, how: str = "kill", timeout_s: float = 60.0
+    parallel: str,
+    world_size: int,
+    victim: int,
+    how: str = "kill",
+    timeout_s: float = 60.0,
+    data_parallel: str = "ddp",
 ) -> dict[str, Any]:
     """Start ``torchrun``-style ``python -m distill.distributed --parallel PARALLEL --device cpu`` on
-    ``world_size`` ranks (``--timeout timeout_s``), wait until step 2 is logged, then ``how`` = ``kill``
+    ``world_size`` ranks (``--timeout timeout_s``; ``--data-parallel data_parallel`` for ``parallel='data'``),
+    wait until step 2 is logged, then ``how`` = ``kill``
     (SIGKILL: the rank dies) or ``stop`` (SIGSTOP: the rank hangs) rank ``victim``, and watch the others for
     up to 120 s.
 
     Returns ``survivors``: per other rank, ``returncode`` (``None``: still running after 120 s, then
     killed), ``seconds`` from the signal to its exit (``inf`` if it never exited), its ``stderr_lines`` and
     ``message`` (the last stderr line)."""
-    return _kill_rank(str(parallel), int(world_size), int(victim), str(how), float(timeout_s))
+    return _kill_rank(str(parallel), int(world_size), int(victim), str(how), float(timeout_s), str(data_parallel))
 
 
 def first_step_losses(batch_size: int = 8) -> list[float]:
