@@ -12,30 +12,17 @@ in a ``TRITON_INTERPRET=1`` subprocess, where the others run.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[1]
-INNER = os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
-inner = pytest.mark.skipif(not INNER, reason="runs in the TRITON_INTERPRET=1 subprocess of the outer test")
+from tests.interpreter_run import inner, outer, run_inner
 
 
-@pytest.mark.skipif(INNER, reason="the outer run")
+@outer
 def test_scalars_under_the_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__).relative_to(ROOT)), "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "3 passed, 1 skipped" in result.stdout, result.stdout[-2000:]
+    run_inner(__file__, "3 passed, 1 skipped", timeout_s=600)
 
 
 @inner

@@ -9,30 +9,17 @@ The checks need the Triton interpreter, which must be switched on before triton 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[1]
-INNER = os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
-inner = pytest.mark.skipif(not INNER, reason="runs in the TRITON_INTERPRET=1 subprocess of the outer test")
+from tests.interpreter_run import inner, outer, run_inner
 
 
-@pytest.mark.skipif(INNER, reason="the outer run")
+@outer
 def test_the_top_k_kernels_under_the_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__).relative_to(ROOT)), "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "5 passed, 1 skipped" in result.stdout, result.stdout[-2000:]
+    run_inner(__file__, "5 passed, 1 skipped", timeout_s=900)
 
 
 def _scaled_error(got: np.ndarray, want: np.ndarray) -> float:
